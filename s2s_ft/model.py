@@ -1,0 +1,287 @@
+"""The one shared Transformer: encoder and decoder are the same weights and the same code.
+
+Everything the model needs to know about *who may attend to whom* arrives as two integers per token
+(see ``attention_allowed``); the fine-tuning methods, MASS pre-training and the incremental decoder only
+differ in the ranks they hand in, never in model code.
+
+Layout of this file, top to bottom: config dataclass -> attention-mask rule -> relative position bias ->
+key/value cache -> layers -> the model with its MLM head.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# A key rank no query rank reaches: the token is visible to nobody but itself (padding, pseudo masks).
+NEVER_VISIBLE = 2**30
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2  # 0: the family has no token-type embeddings
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    initializer_range: float = 0.02
+    # Width of the word embeddings when it differs from the hidden size (ELECTRA generators); the MLM head maps
+    # back to this width so its decoder can stay tied to the word embeddings.
+    embedding_size: Optional[int] = None
+    # RoBERTa-style tables keep rows 0..padding_idx for padding; logical position p reads row p + offset.
+    position_offset: int = 0
+    # UniLMv2-style relative position bias (T5 buckets); 0 switches it off.
+    rel_pos_bins: int = 0
+    max_rel_pos: int = 0
+
+    @property
+    def word_embedding_size(self) -> int:
+        return self.embedding_size or self.hidden_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The attention rule. Every token carries a key rank (when it becomes visible) and a query rank (how far it sees):
+#   query q may attend key k  <=>  key_rank[k] <= query_rank[q]  or  k is q itself.
+# Source tokens: key 0 / query 0 (bidirectional among themselves, blind to the target).
+# Real target token i (1-based): key i / query i (sees the source and real targets <= i).
+# Pseudo mask for target i: key NEVER_VISIBLE / query i-1 (sees source and real targets < i, and itself).
+# Padding: key NEVER_VISIBLE / query -1 (sees only itself, so its softmax row stays finite; nobody sees it).
+# --------------------------------------------------------------------------------------------------------------
+def attention_allowed(key_rank: torch.Tensor, query_rank: torch.Tensor, query_offset: int = 0) -> torch.Tensor:
+    """Boolean [B, 1, Lq, Lk] mask, True where attention is allowed.
+
+    ``key_rank`` is [B, Lk], ``query_rank`` is [B, Lq]; query j is the same token as key ``query_offset + j``.
+    """
+    lq, lk = query_rank.shape[1], key_rank.shape[1]
+    allowed = key_rank[:, None, :] <= query_rank[:, :, None]
+    same_token = torch.arange(lk, device=key_rank.device)[None, :] == (
+        torch.arange(lq, device=key_rank.device)[:, None] + query_offset)
+    return (allowed | same_token[None]).unsqueeze(1)
+
+
+def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Tensor:
+    """T5 / UniLMv2 bidirectional buckets: exact for small distances, log-spaced up to ``max_distance``."""
+    half = num_buckets // 2
+    bucket = (relative_position > 0).long() * half
+    distance = relative_position.abs()
+    max_exact = half // 2
+    is_small = distance < max_exact
+    log_ratio = torch.log(distance.float().clamp(min=1) / max_exact) / math.log(max_distance / max_exact)
+    large = (max_exact + (log_ratio * (half - max_exact)).long()).clamp(max=half - 1)
+    return bucket + torch.where(is_small, distance, large)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Key/value cache for incremental decoding. Pre-allocated for the longest sequence so a step never concatenates
+# the history: a forward writes its new tokens at [length, length + n_new) and only the first ``n_store`` of them
+# are kept (the rest, e.g. the [MASK] that predicts the next token, are overwritten by the next step).
+# --------------------------------------------------------------------------------------------------------------
+class KVCache:
+    def __init__(self, config: ModelConfig, batch_size: int, max_length: int,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        shape = (config.num_hidden_layers, batch_size, config.num_attention_heads, max_length, config.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.key_rank = torch.full((batch_size, max_length), NEVER_VISIBLE, device=device, dtype=torch.long)
+        self.positions = torch.zeros((batch_size, max_length), device=device, dtype=torch.long)
+        self.length = 0
+        self.max_length = max_length
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Reorder (and/or select) batch rows in place, e.g. to follow surviving beams."""
+        if index.numel() == self.keys.shape[1]:
+            self.keys.copy_(self.keys.index_select(1, index))
+            self.values.copy_(self.values.index_select(1, index))
+            self.key_rank.copy_(self.key_rank.index_select(0, index))
+            self.positions.copy_(self.positions.index_select(0, index))
+        else:  # the batch shrinks (finished sentences dropped): new, smaller tensors
+            self.keys = self.keys.index_select(1, index)
+            self.values = self.values.index_select(1, index)
+            self.key_rank = self.key_rank.index_select(0, index)
+            self.positions = self.positions.index_select(0, index)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------------------------
+_ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def activation(name: str):
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unsupported hidden_act {name!r}; known: {', '.join(sorted(_ACTIVATIONS))}")
+    return _ACTIVATIONS[name]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head = config.num_attention_heads
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)  # fused q, k, v
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: Optional[KVCache], layer: int) -> torch.Tensor:
+        b, n, h = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.n_head, h // self.n_head).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            start, end = cache.length, cache.length + n
+            cache.keys[layer, :, :, start:end] = k
+            cache.values[layer, :, :, start:end] = v
+            k, v = cache.keys[layer, :, :, :end], cache.values[layer, :, :, :end]
+        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
+                                           dropout_p=self.dropout_p if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(b, n, h))
+
+
+class TransformerLayer(nn.Module):
+    """Post-LN BERT layer: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attention = SelfAttention(config)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn_in = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.ffn_out = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.act = activation(config.hidden_act)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x, mask, cache: Optional[KVCache], layer: int):
+        x = self.attention_norm(x + self.dropout(self.attention(x, mask, cache, layer)))
+        return self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        width = config.word_embedding_size
+        self.word = nn.Embedding(config.vocab_size, width)
+        self.position = nn.Embedding(config.max_position_embeddings, width)
+        self.token_type = nn.Embedding(config.type_vocab_size, width) if config.type_vocab_size > 0 else None
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        # ELECTRA generators embed narrower than they compute.
+        self.project = nn.Linear(width, config.hidden_size) if width != config.hidden_size else None
+        self.position_offset = config.position_offset
+
+    def forward(self, input_ids, position_ids, token_type_ids):
+        rows = position_ids + self.position_offset  # the one place the RoBERTa offset is applied
+        if int(rows.max()) >= self.position.num_embeddings:
+            raise ValueError(f"position {int(position_ids.max())} exceeds the position table "
+                             f"({self.position.num_embeddings - self.position_offset} positions)")
+        x = self.word(input_ids) + self.position(rows)
+        if self.token_type is not None:
+            x = x + self.token_type(token_type_ids)
+        x = self.dropout(self.norm(x))
+        return self.project(x) if self.project is not None else x
+
+
+class MLMHead(nn.Module):
+    """dense + act + LayerNorm, then a decoder tied to the word embeddings, plus a bias."""
+
+    def __init__(self, config: ModelConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.transform = nn.Linear(config.hidden_size, config.word_embedding_size)
+        self.act = activation(config.hidden_act)
+        self.norm = nn.LayerNorm(config.word_embedding_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.word_embeddings = word_embeddings  # shared module, not a copy
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.norm(self.act(self.transform(hidden))), self.word_embeddings.weight, self.bias)
+
+
+class UnifiedTransformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.num_hidden_layers))
+        # nn.Linear shape (heads x bins) as in the UniLM release, used as a lookup table.
+        self.rel_pos_bias = (nn.Linear(config.rel_pos_bins, config.num_attention_heads, bias=False)
+                             if config.rel_pos_bins > 0 else None)
+        self.head = MLMHead(config, self.embeddings.word)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def _attention_mask(self, key_rank, query_rank, key_positions, query_positions, query_offset, dtype):
+        allowed = attention_allowed(key_rank, query_rank, query_offset)
+        if self.rel_pos_bias is None:
+            return allowed
+        relative = key_positions[:, None, :] - query_positions[:, :, None]  # key minus query, as UniLMv2
+        buckets = relative_position_bucket(relative, self.config.rel_pos_bins, self.config.max_rel_pos)
+        bias = F.embedding(buckets, self.rel_pos_bias.weight.t()).permute(0, 3, 1, 2)  # [B, H, Lq, Lk]
+        return bias.to(dtype).masked_fill(~allowed, float("-inf"))
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, token_type_ids: torch.Tensor,
+                key_rank: torch.Tensor, query_rank: torch.Tensor, cache: Optional[KVCache] = None,
+                n_store: Optional[int] = None) -> torch.Tensor:
+        """Hidden states [B, n, hidden] of the given tokens (call ``self.head`` for vocabulary logits).
+
+        With a ``cache``, the tokens are appended after the ``cache.length`` tokens already there, attend to them
+        by the same rank rule, and the first ``n_store`` (default: all) stay in the cache for later calls.
+        """
+        n_new = input_ids.shape[1]
+        x = self.embeddings(input_ids, position_ids, token_type_ids)
+        if cache is None:
+            key_rank_all, key_positions, offset = key_rank, position_ids, 0
+        else:
+            offset, end = cache.length, cache.length + n_new
+            if end > cache.max_length:
+                raise ValueError(f"cache holds {cache.max_length} tokens; {end} requested")
+            cache.key_rank[:, offset:end] = key_rank
+            cache.positions[:, offset:end] = position_ids
+            key_rank_all, key_positions = cache.key_rank[:, :end], cache.positions[:, :end]
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        mask = self._attention_mask(key_rank_all, query_rank, key_positions, position_ids, offset, dtype)
+        for index, layer in enumerate(self.layers):
+            x = layer(x, mask, cache, index)
+        if cache is not None:
+            kept = n_new if n_store is None else n_store
+            # Tokens written but not kept must become invisible to later steps.
+            cache.key_rank[:, offset + kept:offset + n_new] = NEVER_VISIBLE
+            cache.length += kept
+        return x
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
