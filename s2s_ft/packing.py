@@ -1,0 +1,216 @@
+"""The packing layer: the only place where the fine-tuning methods differ.
+
+It turns tokenised (source, target) pairs into the tensors the model reads -- ids, positions, segments,
+attention ranks (see ``model.attention_allowed``) and labels. Layout, as in s2s-ft so checkpoints are
+interchangeable::
+
+    [CLS] source [SEP] | target ... [SEP] | (pseudo masks, pseudo_masked only) | padding
+
+Source positions are 0..n_src-1; target token i sits at position n_src + i counted from the *real* source length
+(or at an explicit position, which MASS uses to keep a fragment's original sentence positions). Each example is
+contiguous and padding only trails it, so batches are padded to their longest example.
+
+Methods (``labels`` is -100 where nothing is predicted):
+
+* ``causal``: the target input is shifted right behind a start token; position n_src + i holds target i-1 and
+  predicts target i. Real-target ranks give the causal mask.
+* ``masked``: round(ratio * m) target tokens (at least one; the closing [SEP] is a candidate) are corrupted
+  80/10/10 ([MASK] / random / kept) and predicted; the s2s mask is the same rank rule.
+* ``pseudo_masked``: a pseudo token per target token, at the same position, corrupted 80/10/10 and predicted for
+  every target token; each real target token is also corrupted with probability ``target_mask_prob`` ("word
+  drop"). Pseudo i sees the source, real targets < i and itself; nobody sees a pseudo token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+
+from .model import NEVER_VISIBLE
+
+METHODS = ("causal", "masked", "pseudo_masked")
+IGNORE_INDEX = -100
+
+# Rank pairs (key_rank, query_rank) of the token roles, read with model.attention_allowed's rule.
+SOURCE_RANKS = (0, 0)
+PADDING_RANKS = (NEVER_VISIBLE, -1)
+
+
+def real_target_ranks(step: int) -> tuple[int, int]:
+    """Target token ``step`` (0-based): visible from step+1 on, sees real targets up to itself."""
+    return step + 1, step + 1
+
+
+def pseudo_ranks(step: int) -> tuple[int, int]:
+    """Pseudo / prediction [MASK] for target ``step``: visible to nobody, sees real targets before it."""
+    return NEVER_VISIBLE, step
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Token ids the layout needs; the family decides them ([CLS]/[SEP] or <s>/</s>)."""
+    cls: int
+    sep: int
+    mask: int
+    pad: int
+    vocab_size: int
+    source_type: int = 0
+    target_type: int = 1
+    decoder_start: Optional[int] = None  # causal start token; defaults to ``sep``
+
+    @property
+    def start(self) -> int:
+        return self.sep if self.decoder_start is None else self.decoder_start
+
+
+@dataclass
+class Pair:
+    """One tokenised example: word-piece ids without special tokens."""
+    source: list[int]
+    target: list[int]
+    # MASS keeps each fragment token at its original sentence position; None means n_src + i.
+    target_positions: Optional[list[int]] = None
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    token_type_ids: torch.Tensor
+    key_rank: torch.Tensor
+    query_rank: torch.Tensor
+    labels: torch.Tensor
+    num_real_tokens: int = 0  # non-padding tokens, for throughput and padding statistics
+    extras: dict = field(default_factory=dict)
+
+    def model_inputs(self) -> dict:
+        return dict(input_ids=self.input_ids, position_ids=self.position_ids, token_type_ids=self.token_type_ids,
+                    key_rank=self.key_rank, query_rank=self.query_rank)
+
+    def to(self, device) -> "PackedBatch":
+        moved = {name: getattr(self, name).to(device) for name in
+                 ("input_ids", "position_ids", "token_type_ids", "key_rank", "query_rank", "labels")}
+        return PackedBatch(**moved, num_real_tokens=self.num_real_tokens, extras=self.extras)
+
+    @property
+    def num_predicted(self) -> int:
+        return int((self.labels != IGNORE_INDEX).sum())
+
+
+class _Row:
+    """Column-wise builder of one packed example."""
+
+    def __init__(self):
+        self.ids, self.positions, self.types, self.key_rank, self.query_rank, self.labels = ([] for _ in range(6))
+
+    def add(self, token, position, segment, ranks, label=IGNORE_INDEX):
+        self.ids.append(token)
+        self.positions.append(position)
+        self.types.append(segment)
+        self.key_rank.append(ranks[0])
+        self.query_rank.append(ranks[1])
+        self.labels.append(label)
+
+    def columns(self):
+        return self.ids, self.positions, self.types, self.key_rank, self.query_rank, self.labels
+
+
+class Packer:
+    """Packs batches for one fine-tuning method.
+
+    ``target_mask_prob`` is the masked ratio for ``masked`` and the word-drop probability for ``pseudo_masked``.
+    ``corruption`` is the (mask, random, keep) split applied to corrupted tokens.
+    """
+
+    def __init__(self, method: str, special: SpecialIds, target_mask_prob: float = 0.2,
+                 corruption: Sequence[float] = (0.8, 0.1, 0.1), corrupt: bool = True):
+        if method not in METHODS:
+            raise ValueError(f"unknown fine-tuning method {method!r}; choose one of {', '.join(METHODS)}")
+        if abs(sum(corruption) - 1.0) > 1e-6 or min(corruption) < 0:
+            raise ValueError(f"corruption split {tuple(corruption)} must be three non-negative numbers summing to 1")
+        self.method, self.special, self.target_mask_prob = method, special, target_mask_prob
+        self.corruption = tuple(corruption)
+        self.corrupt_enabled = corrupt  # off: tests compare training-time logits with decoding-time logits
+
+    # -- corruption ------------------------------------------------------------------------------------------
+    def _corrupt(self, token: int, generator: torch.Generator) -> int:
+        if not self.corrupt_enabled:
+            return self.special.mask
+        draw = float(torch.rand((), generator=generator))
+        p_mask, p_random, _ = self.corruption
+        if draw < p_mask:
+            return self.special.mask
+        if draw < p_mask + p_random:
+            return int(torch.randint(self.special.vocab_size, (), generator=generator))
+        return token
+
+    def _chance(self, probability: float, generator: torch.Generator) -> bool:
+        return self.corrupt_enabled and float(torch.rand((), generator=generator)) < probability
+
+    # -- one example ---------------------------------------------------------------------------------------------
+    def pack_example(self, pair: Pair, generator: torch.Generator) -> _Row:
+        sp = self.special
+        row = _Row()
+        source = [sp.cls, *pair.source, sp.sep]
+        for position, token in enumerate(source):
+            row.add(token, position, sp.source_type, SOURCE_RANKS)
+        n_src = len(source)
+        target = [*pair.target, sp.sep]
+        positions = pair.target_positions or [n_src + i for i in range(len(target))]
+        if len(positions) != len(target):
+            raise ValueError(f"{len(positions)} target positions for {len(target)} target tokens")
+        segment = sp.target_type
+
+        if self.method == "causal":
+            inputs = [sp.start, *target[:-1]]
+            for i, (token, label) in enumerate(zip(inputs, target)):
+                row.add(token, positions[i], segment, real_target_ranks(i), label)
+        elif self.method == "masked":
+            count = min(len(target), max(1, round(len(target) * self.target_mask_prob)))
+            chosen = set(torch.randperm(len(target), generator=generator)[:count].tolist())
+            for i, token in enumerate(target):
+                if i in chosen:
+                    row.add(self._corrupt(token, generator), positions[i], segment, real_target_ranks(i), token)
+                else:
+                    row.add(token, positions[i], segment, real_target_ranks(i))
+        else:  # pseudo_masked
+            for i, token in enumerate(target):
+                dropped = self._chance(self.target_mask_prob, generator)
+                row.add(self._corrupt(token, generator) if dropped else token, positions[i], segment,
+                        real_target_ranks(i))
+            for i, token in enumerate(target):
+                row.add(self._corrupt(token, generator), positions[i], segment, pseudo_ranks(i), token)
+        return row
+
+    # -- a batch -------------------------------------------------------------------------------------------------
+    def __call__(self, pairs: Sequence[Pair], generator: Optional[torch.Generator] = None) -> PackedBatch:
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        rows = [self.pack_example(pair, generator) for pair in pairs]
+        return collate(rows, self.special.pad)
+
+
+def collate(rows: Sequence[_Row], pad_id: int) -> PackedBatch:
+    """Right-pad rows to the longest one; padding sees only itself and is seen by nobody."""
+    width = max(len(row.ids) for row in rows)
+    fills = (pad_id, 0, 0, PADDING_RANKS[0], PADDING_RANKS[1], IGNORE_INDEX)
+    tensors = []
+    for column, fill in enumerate(fills):
+        values = [row.columns()[column] + [fill] * (width - len(row.ids)) for row in rows]
+        tensors.append(torch.tensor(values, dtype=torch.long))
+    return PackedBatch(*tensors, num_real_tokens=sum(len(row.ids) for row in rows))
+
+
+def decoding_prefix(sources: Sequence[Sequence[int]], special: SpecialIds) -> PackedBatch:
+    """The source part alone, right-padded: what a decoder encodes once before generating.
+
+    Used by the decoder and by tests that compare training-time and decoding-time views of the same sequence.
+    """
+    rows = []
+    for source in sources:
+        row = _Row()
+        for position, token in enumerate([special.cls, *source, special.sep]):
+            row.add(token, position, special.source_type, SOURCE_RANKS)
+        rows.append(row)
+    return collate(rows, special.pad)
