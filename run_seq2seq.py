@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""Fine-tune a pretrained bidirectional Transformer as a seq2seq model.
+
+    python run_seq2seq.py --model_type bert --model_name_or_path DIR --train_file train.jsonl \
+        --output_dir out --fine_tune pseudo_masked
+
+Flags are listed by --help and in README.md; the loop lives in s2s_ft/training.py.
+"""
+import sys
+
+from s2s_ft.training import main
+
+if __name__ == "__main__":
+    sys.exit(main())

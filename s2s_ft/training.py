@@ -1,0 +1,293 @@
+"""Fine-tuning loop behind ``run_seq2seq.py``.
+
+Data order and corruption are pure functions of (seed, micro-batch counter): the batch order of epoch e is a
+permutation seeded by (seed, e) and the packing of micro-batch c draws from a generator seeded by (seed, c).
+A resumed run therefore needs only the step counter, the optimizer/scheduler state and the dropout RNG to continue
+exactly where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .data import DataError, load_tokenizer, read_pairs, special_ids
+from .loss import seq2seq_loss
+from .packing import METHODS, Packer
+
+log = logging.getLogger("s2s_ft")
+
+MASK_WAY_ALIASES = {"v0": "causal", "v1": "masked", "v2": "pseudo_masked"}  # s2s-ft's --mask_way names
+TRAINING_STATE = "training_state.pt"
+CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d+)$")
+
+
+class UsageError(ValueError):
+    """Contradictory or impossible flags."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Fine-tune a bidirectional Transformer as a seq2seq model (s2s-ft style).")
+    add = p.add_argument
+    # model and data
+    add("--model_type", required=True, choices=checkpoint.MODEL_TYPES)
+    add("--model_name_or_path", default=None, help="local HF checkpoint directory to start from")
+    add("--config_name", default=None, help="HF config.json (or its dir): random init when no weights are given")
+    add("--tokenizer_name", default=None, help="tokenizer directory (default: the model directory)")
+    add("--train_file", required=True, help="JSONL, one {\"src\": ..., \"tgt\": ...} a line")
+    add("--output_dir", required=True)
+    add("--fine_tune", default=None, choices=METHODS, help="fine-tuning method (default pseudo_masked)")
+    add("--mask_way", default=None, choices=sorted(MASK_WAY_ALIASES),
+        help="s2s-ft alias: v0 causal (position shift), v1 masked, v2 pseudo_masked")
+    add("--max_source_seq_length", type=int, default=464, help="source length incl. [CLS] and [SEP]")
+    add("--max_target_seq_length", type=int, default=48, help="target length incl. the closing [SEP]")
+    add("--skip_bad_lines", action="store_true", help="skip (and count) malformed training lines")
+    # optimisation
+    add("--per_device_train_batch_size", "--per_gpu_train_batch_size", dest="per_device_train_batch_size",
+        type=int, default=8)
+    add("--gradient_accumulation_steps", type=int, default=1)
+    add("--learning_rate", type=float, default=5e-5)
+    add("--weight_decay", type=float, default=0.01, help="not applied to biases and LayerNorm weights")
+    add("--adam_epsilon", type=float, default=1e-8)
+    add("--max_grad_norm", type=float, default=1.0)
+    add("--num_training_steps", type=int, default=-1, help="optimizer steps (takes priority over epochs)")
+    add("--num_training_epochs", type=float, default=10)
+    add("--num_warmup_steps", type=int, default=0, help="linear warmup, then linear decay to 0")
+    add("--label_smoothing", type=float, default=0.1)
+    add("--target_mask_prob", type=float, default=0.5,
+        help="masked: ratio of target tokens predicted; pseudo_masked: word-drop probability of real targets")
+    add("--random_prob", type=float, default=0.1, help="corrupted token -> random token")
+    add("--keep_prob", type=float, default=0.1, help="corrupted token -> kept unchanged")
+    # bookkeeping
+    add("--save_steps", type=int, default=1500)
+    add("--logging_steps", type=int, default=50)
+    add("--seed", type=int, default=42)
+    add("--precision", default=None, choices=("fp32", "bf16", "fp16"), help="torch.autocast mixed precision")
+    add("--fp16", action="store_true", help="alias of --precision fp16 (apex is not used)")
+    add("--fp16_opt_level", default=None, help="accepted for s2s-ft compatibility and ignored (no apex)")
+    add("--no_cuda", action="store_true")
+    add("--log_level", default="INFO")
+    return p
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fold aliases into canonical flags and reject contradictions with one clear line."""
+    if args.mask_way and args.fine_tune and MASK_WAY_ALIASES[args.mask_way] != args.fine_tune:
+        raise UsageError(f"--mask_way {args.mask_way} means {MASK_WAY_ALIASES[args.mask_way]}, "
+                         f"but --fine_tune {args.fine_tune} was given")
+    args.fine_tune = args.fine_tune or MASK_WAY_ALIASES.get(args.mask_way or "", "pseudo_masked")
+    if args.fp16:
+        if args.precision not in (None, "fp16"):
+            raise UsageError(f"--fp16 contradicts --precision {args.precision}")
+        args.precision = "fp16"
+        log.info("--fp16 maps to torch.amp fp16 autocast with a GradScaler (apex is not used)")
+    args.precision = args.precision or "fp32"
+    use_cuda = torch.cuda.is_available() and not args.no_cuda
+    args.device = torch.device("cuda" if use_cuda else "cpu")
+    if args.precision == "fp16" and not use_cuda:
+        raise UsageError("--precision fp16 needs a GPU; on CPU use --precision bf16 or fp32")
+    if args.model_name_or_path is None and args.config_name is None:
+        raise UsageError("give --model_name_or_path (weights) or --config_name (random init)")
+    if not 0 <= args.random_prob + args.keep_prob <= 1:
+        raise UsageError("--random_prob + --keep_prob must lie in [0, 1]")
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1")
+    if args.max_source_seq_length < 3 or args.max_target_seq_length < 2:
+        raise UsageError("--max_source_seq_length must be >= 3 and --max_target_seq_length >= 2")
+    args.tokenizer_name = args.tokenizer_name or args.model_name_or_path or (
+        args.config_name if os.path.isdir(args.config_name) else os.path.dirname(args.config_name))
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints: output_dir/ckpt-STEP/ = an HF model dir + training_state.pt, written to a temporary name and renamed.
+# ----------------------------------------------------------------------------------------------------------------
+def latest_checkpoint(output_dir: str) -> Optional[str]:
+    if not os.path.isdir(output_dir):
+        return None
+    steps = [int(m.group(1)) for name in os.listdir(output_dir) if (m := CHECKPOINT_PATTERN.match(name))
+             and os.path.isfile(os.path.join(output_dir, name, TRAINING_STATE))]
+    return os.path.join(output_dir, f"ckpt-{max(steps)}") if steps else None
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_checkpoint(path: str, model, args, hf_config, tokenizer, settings, training_state) -> None:
+    temporary = path + ".tmp"
+    shutil.rmtree(temporary, ignore_errors=True)
+    checkpoint.save_checkpoint(model, temporary, args.model_type, hf_config, tokenizer=tokenizer, settings=settings)
+    torch.save(training_state, os.path.join(temporary, TRAINING_STATE))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(temporary, path)  # the directory appears complete or not at all
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def make_optimizer(model, args):
+    # Biases and LayerNorm weights (the 1-D parameters) get no weight decay, as in BERT.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=args.learning_rate, eps=args.adam_epsilon)
+    warmup, total = args.num_warmup_steps, args.num_training_steps
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup  # step 0 already trains (HF's schedule would give lr 0 there)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def micro_batch(pairs, counter: int, batch_size: int, seed: int):
+    """Examples of micro-batch ``counter``: epoch-wise permutations, each seeded by (seed, epoch)."""
+    per_epoch = math.ceil(len(pairs) / batch_size)
+    epoch, index = divmod(counter, per_epoch)
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return [pairs[i] for i in order[index * batch_size:(index + 1) * batch_size].tolist()], epoch
+
+
+def train(args: argparse.Namespace) -> str:
+    """Run (or resume) fine-tuning; returns the final checkpoint directory."""
+    args = resolve_args(args)
+    os.makedirs(args.output_dir, exist_ok=True)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    tokenizer = load_tokenizer(args.tokenizer_name)
+    model, info = checkpoint.load_pretrained(
+        args.model_type, args.model_name_or_path, config_name=args.config_name,
+        min_positions=args.max_source_seq_length + args.max_target_seq_length, log=log)
+    hf_config = info["hf_config"]
+    source_type, target_type = checkpoint.default_segment_ids(args.model_type, hf_config)
+    special = special_ids(tokenizer, source_type, target_type)
+    if special.vocab_size > model.config.vocab_size:
+        raise UsageError(f"tokenizer {args.tokenizer_name} has {special.vocab_size} tokens but the model's "
+                         f"vocabulary has {model.config.vocab_size}")
+    special = type(special)(**{**asdict(special), "vocab_size": model.config.vocab_size})
+
+    pairs, stats = read_pairs(args.train_file, tokenizer, args.max_source_seq_length, args.max_target_seq_length,
+                              skip_bad_lines=args.skip_bad_lines)
+    mask_prob = 1.0 - args.random_prob - args.keep_prob
+    packer = Packer(args.fine_tune, special, args.target_mask_prob,
+                    corruption=(mask_prob, args.random_prob, args.keep_prob))
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    if args.num_training_steps <= 0:
+        args.num_training_steps = max(1, math.ceil(args.num_training_epochs * len(pairs) / per_step))
+    settings = {
+        "model_type": args.model_type, "fine_tune": args.fine_tune,
+        "max_source_seq_length": args.max_source_seq_length, "max_target_seq_length": args.max_target_seq_length,
+        "special_ids": asdict(special), "target_mask_prob": args.target_mask_prob,
+        "label_smoothing": args.label_smoothing,
+    }
+
+    model.to(args.device)
+    optimizer, scheduler = make_optimizer(model, args)
+    scaler = torch.amp.GradScaler("cuda", enabled=args.precision == "fp16")
+    step = 0
+    resume_from = latest_checkpoint(args.output_dir)
+    if resume_from:
+        resumed, _ = checkpoint.load_finetuned(resume_from)
+        model.load_state_dict(resumed.state_dict())
+        state = torch.load(os.path.join(resume_from, TRAINING_STATE), weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"])
+        step = state["step"]
+        log.info("resuming from %s at step %d", resume_from, step)
+
+    log.info("%d examples from %s; method %s; %d optimizer steps of %d examples (%d x %d accumulation); "
+             "precision %s on %s; %.1fM parameters", len(pairs), args.train_file, args.fine_tune,
+             args.num_training_steps, per_step, args.per_device_train_batch_size, args.gradient_accumulation_steps,
+             args.precision, args.device, model.num_parameters() / 1e6)
+    with open(os.path.join(args.output_dir, "train_args.json"), "w") as handle:
+        json.dump({k: str(v) if isinstance(v, torch.device) else v for k, v in vars(args).items()}, handle, indent=2)
+
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    log_path = os.path.join(args.output_dir, "train_log.jsonl")
+    model.train()
+    progress = tqdm(total=args.num_training_steps, initial=step, desc="train", disable=None)
+    window = {"loss": 0.0, "micro": 0, "tokens": 0, "target_tokens": 0, "start": time.perf_counter()}
+    last_saved = resume_from
+    while step < args.num_training_steps:
+        for micro in range(args.gradient_accumulation_steps):
+            counter = step * args.gradient_accumulation_steps + micro
+            examples, epoch = micro_batch(pairs, counter, args.per_device_train_batch_size, args.seed)
+            batch = packer(examples, torch.Generator().manual_seed(args.seed * 1_000_003 + counter)).to(args.device)
+            with torch.autocast(args.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                hidden = model(**batch.model_inputs())
+                loss = seq2seq_loss(model, hidden, batch.labels, args.label_smoothing)
+            scaler.scale(loss / args.gradient_accumulation_steps).backward()
+            window["loss"] += loss.item()
+            window["micro"] += 1
+            window["tokens"] += batch.num_real_tokens
+            window["target_tokens"] += sum(len(pair.target) + 1 for pair in examples)
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        progress.update(1)
+
+        if step % args.logging_steps == 0 or step == args.num_training_steps:
+            elapsed = time.perf_counter() - window["start"]
+            record = {"step": step, "epoch": epoch, "loss": round(window["loss"] / window["micro"], 5),
+                      "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(grad_norm), 4),
+                      "tokens_per_s": round(window["tokens"] / elapsed, 1),
+                      "target_tokens_per_s": round(window["target_tokens"] / elapsed, 1)}
+            with open(log_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            progress.set_postfix(loss=record["loss"], lr=f"{record['lr']:.2e}")
+            log.info("step %d: loss %.4f, lr %.3e, %.0f tokens/s (%.0f target tokens/s)", step, record["loss"],
+                     record["lr"], record["tokens_per_s"], record["target_tokens_per_s"])
+            window = {"loss": 0.0, "micro": 0, "tokens": 0, "target_tokens": 0, "start": time.perf_counter()}
+
+        if step % args.save_steps == 0 or step == args.num_training_steps:
+            last_saved = os.path.join(args.output_dir, f"ckpt-{step}")
+            save_training_checkpoint(last_saved, model, args, hf_config, tokenizer, settings, {
+                "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rng_state()})
+            log.info("saved %s", last_saved)
+    progress.close()
+    return last_saved
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        level=getattr(logging, args.log_level.upper(), logging.INFO))
+    try:
+        train(args)
+    except (UsageError, DataError, checkpoint.CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
