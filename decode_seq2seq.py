@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""Decode a JSONL file with a fine-tuned checkpoint (greedy or beam search, key/value cache).
+
+    python decode_seq2seq.py --model_path out/ckpt-1000 --input_file dev.jsonl --output_file dev.pred \
+        --beam_size 5
+
+Flags are listed by --help and in README.md; the search lives in s2s_ft/decoding.py.
+"""
+import sys
+
+from s2s_ft.inference import main
+
+if __name__ == "__main__":
+    sys.exit(main())
