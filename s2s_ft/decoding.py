@@ -135,6 +135,8 @@ class Seq2SeqDecoder:
         autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
         ignore_ids = torch.tensor(list(config.forbid_ignore_ids), dtype=torch.long, device=self.device)
         finished: list[list[Hypothesis]] = [[] for _ in range(n)]
+        # Layout tokens are never output (s2s-ft forbids them too); [SEP] ends a hypothesis instead.
+        never_generated = torch.tensor(sorted({sp.cls, sp.pad, sp.mask} - {sp.sep}), device=self.device)
 
         cache = None
         with autocast:
@@ -160,6 +162,7 @@ class Seq2SeqDecoder:
                 hidden = self._forward(dict(zip(names, step_inputs[:5])), cache, rows, step_inputs[5])
                 log_probs = torch.log_softmax(self.model.head(hidden).float(), -1)  # [R, V]
             vocab = log_probs.shape[-1]
+            log_probs[:, never_generated] = float("-inf")
             if step < config.min_len:
                 log_probs[:, sp.sep] = float("-inf")
             if config.forbid_duplicate_ngrams:
