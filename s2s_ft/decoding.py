@@ -213,8 +213,9 @@ class Seq2SeqDecoder:
             rows = rows.select(index)
             rows.tokens = torch.cat([rows.tokens, torch.tensor(keep_tokens, device=self.device)[:, None]], 1)
             rows.scores = torch.tensor(keep_scores, device=self.device, dtype=rows.scores.dtype)
-            if cache is not None:
-                cache.reorder(index)
+            if cache is not None and keep_rows != list(range(len(tokens_h))):  # greedy: usually nothing moves
+                # Beams only ever move within their sentence, whose source part of the cache they all share.
+                cache.reorder(index, shared_prefix=source_width)
 
         results = []
         for hyps in finished:

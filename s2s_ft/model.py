@@ -109,14 +109,20 @@ class KVCache:
         self.length = 0
         self.max_length = max_length
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Reorder (and/or select) batch rows in place, e.g. to follow surviving beams."""
+    def reorder(self, index: torch.Tensor, shared_prefix: int = 0) -> None:
+        """Row i becomes row ``index[i]`` (beam search following its surviving beams).
+
+        ``shared_prefix``: the first cached tokens are known to be identical in every row that ``index`` maps
+        between (a sentence's source, shared by all its beams), so a same-size reorder copies only the rest.
+        A smaller ``index`` (finished sentences leave the batch) selects whole rows into new, smaller tensors.
+        """
         if index.numel() == self.keys.shape[1]:
-            self.keys.copy_(self.keys.index_select(1, index))
-            self.values.copy_(self.values.index_select(1, index))
-            self.key_rank.copy_(self.key_rank.index_select(0, index))
-            self.positions.copy_(self.positions.index_select(0, index))
-        else:  # the batch shrinks (finished sentences dropped): new, smaller tensors
+            start, end = min(shared_prefix, self.length), self.length
+            for table in (self.keys, self.values):
+                table[:, :, :, start:end] = table[:, index, :, start:end]
+            for table in (self.key_rank, self.positions):
+                table[:, start:end] = table[index, start:end]
+        else:
             self.keys = self.keys.index_select(1, index)
             self.values = self.values.index_select(1, index)
             self.key_rank = self.key_rank.index_select(0, index)
