@@ -1,0 +1,112 @@
+"""Shared tiny-model fixtures and an independent description of the packed layout.
+
+Nothing here reads the ranks the packer produces: token roles are derived from the pair lengths alone, so the
+tests compare the code against a reference written from the documented layout, not against itself.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import s2s_ft without installing it
+
+from s2s_ft.model import ModelConfig, UnifiedTransformer
+from s2s_ft.packing import Pair, SpecialIds
+
+
+SPECIAL = SpecialIds(cls=1, sep=2, mask=3, pad=0, vocab_size=50, source_type=0, target_type=1)
+
+# Hand-made pairs with small ids (4..49, so they never collide with the special ids).
+PAIRS = [
+    Pair(source=[10, 11, 12], target=[20, 21, 22, 23]),
+    Pair(source=[13, 14, 15, 16, 17, 18], target=[24, 25]),
+    Pair(source=[19], target=[26, 27, 28]),
+]
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models run fastest (and are immune to oversubscription on a busy box) on one intra-op thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(rel_pos: bool = False, **overrides) -> ModelConfig:
+    values = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if rel_pos:
+        values.update(rel_pos_bins=32, max_rel_pos=128)
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def make_model(rel_pos: bool = False, seed: int = 0, **overrides) -> UnifiedTransformer:
+    torch.manual_seed(seed)
+    model = UnifiedTransformer(tiny_config(rel_pos, **overrides)).float().eval()
+    # The default init (std 0.02) makes every position look alike; larger weights make dependence visible.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.3)
+        if model.rel_pos_bias is not None:
+            model.rel_pos_bias.weight.normal_(0.0, 1.0)
+    return model
+
+
+@pytest.fixture(params=[False, True], ids=["abs-pos", "rel-pos"])
+def tiny_model(request) -> UnifiedTransformer:
+    return make_model(rel_pos=request.param)
+
+
+# -- independent layout reference ------------------------------------------------------------------------------
+def roles_of(pair: Pair, method: str, width: int) -> list[tuple[str, int]]:
+    """Role of each column of one packed row, from the lengths alone: ('src', j), ('tgt', i), ('pseudo', i), ('pad', 0)."""
+    n_src = len(pair.source) + 2
+    m = len(pair.target) + 1
+    roles = [("src", j) for j in range(n_src)] + [("tgt", i) for i in range(m)]
+    if method == "pseudo_masked":
+        roles += [("pseudo", i) for i in range(m)]
+    assert len(roles) <= width
+    return roles + [("pad", 0)] * (width - len(roles))
+
+
+def may_attend(query: tuple[str, int], key: tuple[str, int], same_token: bool) -> bool:
+    """The seq2seq attention rule written from the roles (independent of the rank encoding)."""
+    if same_token:
+        return True
+    q_kind, q_i = query
+    k_kind, k_i = key
+    if q_kind == "pad" or k_kind in ("pad", "pseudo"):
+        return False
+    if k_kind == "src":
+        return True  # source, real targets and pseudo tokens all read the whole source
+    # key is real target k_i
+    if q_kind == "src":
+        return False
+    if q_kind == "tgt":
+        return k_i <= q_i
+    return k_i < q_i  # pseudo q_i: real targets before it
+
+
+def allowed_matrix(pairs, method: str, width: int) -> torch.Tensor:
+    """[B, 1, L, L] boolean reference mask."""
+    rows = []
+    for pair in pairs:
+        roles = roles_of(pair, method, width)
+        rows.append([[may_attend(roles[q], roles[k], q == k) for k in range(width)] for q in range(width)])
+    return torch.tensor(rows, dtype=torch.bool)[:, None]
+
+
+def closure(allowed: torch.Tensor) -> torch.Tensor:
+    """Transitive, reflexive closure of a [L, L] 'q reads k' relation (what a deep stack can depend on)."""
+    reach = allowed.clone() | torch.eye(allowed.shape[0], dtype=torch.bool)
+    while True:
+        nxt = reach | ((reach.float() @ reach.float()) > 0)
+        if torch.equal(nxt, reach):
+            return reach
+        reach = nxt
