@@ -395,3 +395,19 @@ def test_overfit_eight_pairs(method):
             if final < 0.1:
                 break
     assert final < 0.1, f"{method}: loss {final:.3f} after {step} steps"
+
+
+@pytest.mark.parametrize("mode", ["causal", "pseudo"])
+def test_kv_cache_reorder_beams_with_shared_source(tiny_model, mode):
+    """Beams of one sentence share the cached source; reorder(shared_prefix=source width) copies only the rest."""
+    beams = [Pair(source=[10, 11, 12], target=[20, 21, 22, 23]), Pair(source=[10, 11, 12], target=[24, 25, 26, 27])]
+    prefix, cache, _ = _encode(tiny_model, beams, 8)
+    n_store = lambda step: None if mode == "causal" else (0 if step == 0 else 1)
+    rows = list(beams)
+    for step in range(5):
+        if step == 3:  # beam 1 survives twice, beam 0 dies
+            cache.reorder(torch.tensor([1, 1]), shared_prefix=prefix.input_ids.shape[1])
+            rows = [rows[1], rows[1]]
+        with torch.no_grad():
+            out = tiny_model(**_steps_inputs(rows, step, mode), cache=cache, n_store=n_store(step))
+        _check_step(_reference(tiny_model, rows, mode), rows, mode, step, out)
