@@ -16,7 +16,6 @@ closing [SEP].
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -180,7 +179,7 @@ class Seq2SeqDecoder:
             top_scores_h, beam_h, token_h = top_scores.tolist(), beam.tolist(), token.tolist()
             sentences_h = sentences.tolist()
             tokens_h = rows.tokens
-            keep_rows, keep_tokens, keep_scores, keep_sentences = [], [], [], []
+            keep_rows, keep_tokens, keep_scores = [], [], []
             for a in range(alive):
                 sentence = sentences_h[a]
                 chosen = []

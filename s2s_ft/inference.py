@@ -13,13 +13,13 @@ import glob
 import json
 import logging
 import os
-import sys
 from typing import Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint
+from .cli import UsageError, run_cli
 from .data import DataError, iter_jsonl, load_tokenizer, tokenize_sides
 from .decoding import Hypothesis, SearchConfig, Seq2SeqDecoder
 from .packing import SpecialIds
@@ -75,7 +75,7 @@ class LoadedDecoder:
 def load_decoder(path: str, device: Optional[str] = None, precision: str = "fp32") -> LoadedDecoder:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if precision == "fp16" and device.type != "cuda":
-        raise DataError("--precision fp16 needs a GPU; on CPU use bf16 or fp32")
+        raise UsageError("--precision fp16 needs a GPU; on CPU use bf16 or fp32")
     model, settings = checkpoint.load_finetuned(path)
     tokenizer = load_tokenizer(path)
     special = SpecialIds(**settings["special_ids"])
@@ -124,9 +124,9 @@ def decode_file(args: argparse.Namespace) -> list[str]:
     if not paths:
         raise DataError(f"{args.model_path}: no checkpoint matches")
     if args.nbest > max(1, args.beam_size):
-        raise DataError(f"--nbest {args.nbest} exceeds --beam_size {args.beam_size}")
+        raise UsageError(f"--nbest {args.nbest} exceeds --beam_size {args.beam_size}")
     if args.nbest > 1 and args.output_format != "jsonl":
-        raise DataError("--nbest > 1 needs --output_format jsonl")
+        raise UsageError("--nbest > 1 needs --output_format jsonl")
     sources = []
     for number, record in iter_jsonl(args.input_file):
         value = record.get("src")
@@ -163,12 +163,4 @@ def decode_file(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=getattr(logging, args.log_level.upper(), logging.INFO))
-    try:
-        decode_file(args)
-    except (DataError, checkpoint.CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(build_parser(), decode_file, argv)

@@ -15,7 +15,6 @@ import os
 import random
 import re
 import shutil
-import sys
 import time
 from dataclasses import asdict
 from typing import Optional
@@ -24,7 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint
-from .data import DataError, load_tokenizer, read_pairs, special_ids
+from .cli import UsageError, run_cli
+from .data import load_tokenizer, read_pairs, special_ids
 from .loss import seq2seq_loss
 from .packing import METHODS, Packer
 
@@ -33,10 +33,6 @@ log = logging.getLogger("s2s_ft")
 MASK_WAY_ALIASES = {"v0": "causal", "v1": "masked", "v2": "pseudo_masked"}  # s2s-ft's --mask_way names
 TRAINING_STATE = "training_state.pt"
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d+)$")
-
-
-class UsageError(ValueError):
-    """Contradictory or impossible flags."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,12 +278,4 @@ def train(args: argparse.Namespace) -> str:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=getattr(logging, args.log_level.upper(), logging.INFO))
-    try:
-        train(args)
-    except (UsageError, DataError, checkpoint.CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(build_parser(), train, argv)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import math
+
 import pytest
 import torch
 
@@ -110,3 +112,15 @@ def closure(allowed: torch.Tensor) -> torch.Tensor:
         if torch.equal(nxt, reach):
             return reach
         reach = nxt
+
+
+def t5_bucket(rel: int, num_buckets: int, max_distance: int) -> int:
+    """Scalar transcription of T5's bidirectional relative_position_bucket (as used by UniLMv2)."""
+    num_buckets //= 2
+    ret = num_buckets if rel > 0 else 0
+    n = abs(rel)
+    max_exact = num_buckets // 2
+    if n < max_exact:
+        return ret + n
+    large = max_exact + int(math.log(n / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact))
+    return ret + min(large, num_buckets - 1)

@@ -15,6 +15,7 @@ import torch
 import transformers as T
 from safetensors.torch import load_file, save_file
 
+from conftest import t5_bucket
 from s2s_ft.checkpoint import (CheckpointError, default_segment_ids, load_finetuned, load_pretrained,
                                save_checkpoint)
 
@@ -229,18 +230,6 @@ def unilm_checkpoint(path, fused: bool, rel_pos: bool, seed=0, type_vocab_size=6
     torch.save(sd, os.path.join(path, "pytorch_model.bin"))
     json.dump(config, open(os.path.join(path, "config.json"), "w"))
     return sd, config
-
-
-def t5_bucket(relative: int, bins: int, max_distance: int) -> int:
-    """Bidirectional T5 bucket of (key position - query position), written from the s2s-ft definition."""
-    half = bins // 2
-    bucket = half if relative > 0 else 0
-    distance = abs(relative)
-    exact = half // 2
-    if distance < exact:
-        return bucket + distance
-    large = exact + int(math.log(distance / exact) / math.log(max_distance / exact) * (half - exact))
-    return bucket + min(large, half - 1)
 
 
 def layer_norm(x, weight, bias, eps):

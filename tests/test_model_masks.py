@@ -12,7 +12,7 @@ from s2s_ft.model import (NEVER_VISIBLE, KVCache, ModelConfig, UnifiedTransforme
                           relative_position_bucket)
 from s2s_ft.packing import IGNORE_INDEX, METHODS, Packer, Pair, SpecialIds, decoding_prefix
 
-from conftest import PAIRS, SPECIAL, allowed_matrix, closure, make_model, roles_of
+from conftest import PAIRS, SPECIAL, allowed_matrix, closure, make_model, roles_of, t5_bucket
 
 CLS, SEP, MASK, PAD = SPECIAL.cls, SPECIAL.sep, SPECIAL.mask, SPECIAL.pad
 TOL = 1e-5
@@ -101,23 +101,11 @@ def test_named_mask_properties(method):
     assert ch[:used].all() and not ch[used:].any()
 
 
-def _t5_bucket(rel: int, num_buckets: int, max_distance: int) -> int:
-    """Scalar transcription of T5's bidirectional relative_position_bucket (as used by UniLMv2)."""
-    num_buckets //= 2
-    ret = num_buckets if rel > 0 else 0
-    n = abs(rel)
-    max_exact = num_buckets // 2
-    if n < max_exact:
-        return ret + n
-    large = max_exact + int(math.log(n / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact))
-    return ret + min(large, num_buckets - 1)
-
-
 @pytest.mark.parametrize("bins,max_rel", [(32, 128), (64, 256), (16, 32)])
 def test_relative_position_bucket_reference(bins, max_rel):
     rel = torch.arange(-300, 301)
     got = relative_position_bucket(rel, bins, max_rel).tolist()
-    assert got == [_t5_bucket(r, bins, max_rel) for r in rel.tolist()]
+    assert got == [t5_bucket(r, bins, max_rel) for r in rel.tolist()]
 
 
 def test_rel_pos_mask_is_bias_of_key_minus_query():
@@ -132,7 +120,7 @@ def test_rel_pos_mask_is_bias_of_key_minus_query():
         for q in range(len(pos)):
             for k in range(len(pos)):
                 if allowed[b, 0, q, k]:
-                    bucket = _t5_bucket(pos[k] - pos[q], 32, 128)
+                    bucket = t5_bucket(pos[k] - pos[q], 32, 128)
                     torch.testing.assert_close(mask[b, :, q, k], table[:, bucket], atol=0, rtol=0)
                 else:
                     assert torch.isneginf(mask[b, :, q, k]).all()
