@@ -143,6 +143,17 @@ def save_training_checkpoint(path: str, model, args, hf_config, tokenizer, setti
     os.replace(temporary, path)  # the directory appears complete or not at all
 
 
+def drop_log_records_after(path: str, step: int) -> None:
+    """A run that died after its last checkpoint logged steps that the resumed run will log again."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as handle:
+        kept = [line for line in handle if line.strip() and json.loads(line)["step"] <= step]
+    with open(path + ".tmp", "w") as handle:
+        handle.writelines(kept)
+    os.replace(path + ".tmp", path)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 def make_optimizer(model, args):
     # Biases and LayerNorm weights (the 1-D parameters) get no weight decay, as in BERT.
@@ -218,6 +229,7 @@ def train(args: argparse.Namespace) -> str:
         restore_rng(state["rng"])
         step = state["step"]
         log.info("resuming from %s at step %d", resume_from, step)
+    drop_log_records_after(os.path.join(args.output_dir, "train_log.jsonl"), step)
 
     log.info("%d examples from %s; method %s; %d optimizer steps of %d examples (%d x %d accumulation); "
              "precision %s on %s; %.1fM parameters", len(pairs), args.train_file, args.fine_tune,

@@ -79,6 +79,7 @@ def test_resume_after_losing_the_last_checkpoint_is_bit_identical(tiny_bert, tra
     os.rename(out / "ckpt-6", tmp_path / "ckpt-6-straight")  # as if the run had died after step 3's save
     assert training.main(base) == 0  # resumes from ckpt-3
     resumed = load_file(str(out / "ckpt-6" / "model.safetensors"))
+    assert [json.loads(line)["step"] for line in open(out / "train_log.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
