@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the built-in default: fine-tune all-MiniLM-L6-v2 (pseudo-masked s2s-ft) to generate
-# WordNet definitions ("dog (noun)" -> "a member of the genus Canis ..."), decode the dev set, show samples.
+# WordNet definitions ("dog (noun)" -> "a member of the genus Canis ..."), decode the dev set, print scores
+# and samples.
 #
 #   bash scripts/quickstart.sh            # 600 training steps
 #   STEPS=50 bash scripts/quickstart.sh   # a quick smoke run
@@ -38,6 +39,11 @@ MODEL_DIR="$("$PYTHON" -c 'from s2s_ft.datasets.minilm import minilm_dir; print(
   --output_file "$RUN/dev.pred.txt" \
   --beam_size 5 \
   --max_tgt_length 48
+
+echo
+echo "== scores on the dev set (all definitions of each lemma as references) =="
+"$PYTHON" -m s2s_ft.evaluate --hyp "$RUN/dev.pred.txt" --ref "$RUN/data/dev.jsonl" \
+  --metrics rouge,bleu,meteor --json "$RUN/dev.scores.json"
 
 echo
 echo "== first 10 dev examples: source / prediction / reference =="

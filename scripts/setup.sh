@@ -22,7 +22,7 @@ done
 echo "== [1/4] torch (CPU wheel) =="
 "$PYTHON" -m pip install torch==2.13.0
 
-echo "== [2/4] s2s-ft-unified (editable, with test extras) =="
+echo "== [2/4] s2s-ft-unified (editable, with test and evaluation extras) =="
 "$PYTHON" -m pip install -e ".[test,eval]"
 
 echo "== [3/4] all-MiniLM-L6-v2 checkpoint =="
