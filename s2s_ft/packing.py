@@ -7,14 +7,16 @@ interchangeable::
     [CLS] source [SEP] | target ... [SEP] | (pseudo masks, pseudo_masked only) | padding
 
 Source positions are 0..n_src-1; target token i sits at position n_src + i counted from the *real* source length
-(or at an explicit position, which MASS uses to keep a fragment's original sentence positions). Each example is
-contiguous and padding only trails it, so batches are padded to their longest example.
+(or at an explicit position, which MASS uses to keep a fragment's original sentence positions). The target is closed
+by a [SEP] that is predicted like any target token, unless the pair says ``close_target=False`` (MASS predicts only
+the masked fragment, so there is nothing to close). Each example is contiguous and padding only trails it, so
+batches are padded to their longest example.
 
 Methods (``labels`` is -100 where nothing is predicted):
 
 * ``causal``: the target input is shifted right behind a start token; position n_src + i holds target i-1 and
   predicts target i. Real-target ranks give the causal mask.
-* ``masked``: round(ratio * m) target tokens (at least one; the closing [SEP] is a candidate) are corrupted
+* ``masked``: round(ratio * m) target tokens (at least one; the closing [SEP], if any, is a candidate) are corrupted
   80/10/10 ([MASK] / random / kept) and predicted; the s2s mask is the same rank rule.
 * ``pseudo_masked``: a pseudo token per target token, at the same position, corrupted 80/10/10 and predicted for
   every target token; each real target token is also corrupted with probability ``target_mask_prob`` ("word
@@ -69,8 +71,16 @@ class Pair:
     """One tokenised example: word-piece ids without special tokens."""
     source: list[int]
     target: list[int]
-    # MASS keeps each fragment token at its original sentence position; None means n_src + i.
+    # MASS keeps each fragment token at its original sentence position; None means n_src + i. One entry per packed
+    # target token: len(target) + 1 when the closing [SEP] is appended, len(target) otherwise.
     target_positions: Optional[list[int]] = None
+    # Append (and predict) the closing [SEP]. MASS pre-training turns it off: only the fragment is predicted.
+    close_target: bool = True
+
+    @property
+    def num_target_tokens(self) -> int:
+        """Target tokens the packer lays out (and predicts), the closing [SEP] included when there is one."""
+        return len(self.target) + int(self.close_target)
 
 
 @dataclass
@@ -156,7 +166,9 @@ class Packer:
         for position, token in enumerate(source):
             row.add(token, position, sp.source_type, SOURCE_RANKS)
         n_src = len(source)
-        target = [*pair.target, sp.sep]
+        target = [*pair.target, sp.sep] if pair.close_target else list(pair.target)
+        if not target:
+            raise ValueError("empty target with close_target=False: nothing to predict")
         positions = pair.target_positions or [n_src + i for i in range(len(target))]
         if len(positions) != len(target):
             raise ValueError(f"{len(positions)} target positions for {len(target)} target tokens")

@@ -1,7 +1,9 @@
 """Fine-tuning loop behind ``run_seq2seq.py``.
 
 Data order and corruption are pure functions of (seed, micro-batch counter): the batch order of epoch e is a
-permutation seeded by (seed, e) and the packing of micro-batch c draws from a generator seeded by (seed, c).
+permutation seeded by (seed, e) and the packing of micro-batch c draws from a generator seeded by (seed, c). With
+``--objective mass`` the examples are monolingual sentences that become (masked sentence, fragment) pairs just
+before packing, drawing from that same generator (see mass_objective/).
 A resumed run therefore needs only the step counter, the optimizer/scheduler state and the dropout RNG to continue
 exactly where it stopped.
 """
@@ -22,14 +24,17 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from mass_objective import SPAN_POSITIONS, MassConfig, mass_pairs, parse_mask_keep_rand, read_sentences
+
 from . import checkpoint
 from .cli import UsageError, run_cli
 from .data import load_tokenizer, read_pairs, special_ids
 from .loss import seq2seq_loss
-from .packing import METHODS, Packer
+from .packing import METHODS, Packer, Pair
 
 log = logging.getLogger("s2s_ft")
 
+OBJECTIVES = ("seq2seq", "mass")
 MASK_WAY_ALIASES = {"v0": "causal", "v1": "masked", "v2": "pseudo_masked"}  # s2s-ft's --mask_way names
 TRAINING_STATE = "training_state.pt"
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d+)$")
@@ -43,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model_name_or_path", default=None, help="local HF checkpoint directory to start from")
     add("--config_name", default=None, help="HF config.json (or its dir): random init when no weights are given")
     add("--tokenizer_name", default=None, help="tokenizer directory (default: the model directory)")
-    add("--train_file", required=True, help="JSONL, one {\"src\": ..., \"tgt\": ...} a line")
+    add("--train_file", required=True,
+        help="seq2seq: JSONL, one {\"src\": ..., \"tgt\": ...} a line; mass: one sentence a line (plain text, "
+             "or *.jsonl with a \"text\" field)")
     add("--output_dir", required=True)
     add("--fine_tune", default=None, choices=METHODS, help="fine-tuning method (default pseudo_masked)")
     add("--mask_way", default=None, choices=sorted(MASK_WAY_ALIASES),
@@ -51,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_source_seq_length", type=int, default=464, help="source length incl. [CLS] and [SEP]")
     add("--max_target_seq_length", type=int, default=48, help="target length incl. the closing [SEP]")
     add("--skip_bad_lines", action="store_true", help="skip (and count) malformed training lines")
+    # objective
+    add("--objective", default="seq2seq", choices=OBJECTIVES,
+        help="seq2seq: fine-tune on (src, tgt) pairs; mass: MASS pre-training on monolingual sentences")
+    add("--mass_ratio", type=float, default=0.5, help="mass: fragment length k = round(ratio * m), at least 1")
+    add("--mass_mask_keep_rand", default="0.8,0.1,0.1",
+        help="mass: fragment tokens in the source become [MASK] / stay / become random, with these probabilities "
+             "(the MASS code's --word_mask_keep_rand order)")
+    add("--mass_span_position", default="uniform", choices=SPAN_POSITIONS,
+        help="mass: fragment start uniform over valid starts, or the MASS code's scheme (20%% pinned at the start, "
+             "20%% at the end, else uniform)")
     # optimisation
     add("--per_device_train_batch_size", "--per_gpu_train_batch_size", dest="per_device_train_batch_size",
         type=int, default=8)
@@ -104,6 +121,12 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
             raise UsageError(f"--{name} must be >= 1")
     if args.max_source_seq_length < 3 or args.max_target_seq_length < 2:
         raise UsageError("--max_source_seq_length must be >= 3 and --max_target_seq_length >= 2")
+    if args.objective == "mass":
+        try:
+            args.mass_mask_keep_rand = list(parse_mask_keep_rand(str(args.mass_mask_keep_rand)))
+            MassConfig(args.mass_ratio, tuple(args.mass_mask_keep_rand), args.mass_span_position)
+        except ValueError as error:
+            raise UsageError(f"--mass_*: {error}") from None
     args.tokenizer_name = args.tokenizer_name or args.model_name_or_path or (
         args.config_name if os.path.isdir(args.config_name) else os.path.dirname(args.config_name))
     return args
@@ -180,6 +203,20 @@ def micro_batch(pairs, counter: int, batch_size: int, seed: int):
     return [pairs[i] for i in order[index * batch_size:(index + 1) * batch_size].tolist()], epoch
 
 
+def training_examples(args, tokenizer, special):
+    """(examples, to_pairs): ``micro_batch`` draws from ``examples``; ``to_pairs(examples, generator)`` turns one
+    micro-batch into packer Pairs. seq2seq: the pairs themselves, nothing drawn. mass: monolingual sentences (chunks
+    of at most max_source_seq_length - 2 pieces) that become MASS pairs with the micro-batch's generator."""
+    if args.objective == "seq2seq":
+        pairs, _ = read_pairs(args.train_file, tokenizer, args.max_source_seq_length, args.max_target_seq_length,
+                              skip_bad_lines=args.skip_bad_lines)
+        return pairs, lambda examples, generator: examples
+    sentences, _ = read_sentences(args.train_file, tokenizer, args.max_source_seq_length - 2,
+                                  skip_bad_lines=args.skip_bad_lines)
+    config = MassConfig(args.mass_ratio, tuple(args.mass_mask_keep_rand), args.mass_span_position)
+    return sentences, lambda examples, generator: mass_pairs(examples, special, config, generator)
+
+
 def train(args: argparse.Namespace) -> str:
     """Run (or resume) fine-tuning; returns the final checkpoint directory."""
     args = resolve_args(args)
@@ -199,20 +236,22 @@ def train(args: argparse.Namespace) -> str:
                          f"vocabulary has {model.config.vocab_size}")
     special = type(special)(**{**asdict(special), "vocab_size": model.config.vocab_size})
 
-    pairs, stats = read_pairs(args.train_file, tokenizer, args.max_source_seq_length, args.max_target_seq_length,
-                              skip_bad_lines=args.skip_bad_lines)
+    examples_all, to_pairs = training_examples(args, tokenizer, special)
     mask_prob = 1.0 - args.random_prob - args.keep_prob
     packer = Packer(args.fine_tune, special, args.target_mask_prob,
                     corruption=(mask_prob, args.random_prob, args.keep_prob))
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
     if args.num_training_steps <= 0:
-        args.num_training_steps = max(1, math.ceil(args.num_training_epochs * len(pairs) / per_step))
+        args.num_training_steps = max(1, math.ceil(args.num_training_epochs * len(examples_all) / per_step))
     settings = {
-        "model_type": args.model_type, "fine_tune": args.fine_tune,
+        "model_type": args.model_type, "objective": args.objective, "fine_tune": args.fine_tune,
         "max_source_seq_length": args.max_source_seq_length, "max_target_seq_length": args.max_target_seq_length,
         "special_ids": asdict(special), "target_mask_prob": args.target_mask_prob,
         "label_smoothing": args.label_smoothing,
     }
+    if args.objective == "mass":
+        settings["mass"] = {"ratio": args.mass_ratio, "mask_keep_rand": list(args.mass_mask_keep_rand),
+                            "span_position": args.mass_span_position}
 
     model.to(args.device)
     optimizer, scheduler = make_optimizer(model, args)
@@ -220,7 +259,11 @@ def train(args: argparse.Namespace) -> str:
     step = 0
     resume_from = latest_checkpoint(args.output_dir)
     if resume_from:
-        resumed, _ = checkpoint.load_finetuned(resume_from)
+        resumed, resumed_settings = checkpoint.load_finetuned(resume_from)
+        if resumed_settings.get("objective", "seq2seq") != args.objective:
+            raise UsageError(f"{resume_from} was trained with --objective "
+                             f"{resumed_settings.get('objective', 'seq2seq')}, not {args.objective}; use a new "
+                             f"--output_dir (and --model_name_or_path {resume_from} to start from it)")
         model.load_state_dict(resumed.state_dict())
         state = torch.load(os.path.join(resume_from, TRAINING_STATE), weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
@@ -231,10 +274,10 @@ def train(args: argparse.Namespace) -> str:
         log.info("resuming from %s at step %d", resume_from, step)
     drop_log_records_after(os.path.join(args.output_dir, "train_log.jsonl"), step)
 
-    log.info("%d examples from %s; method %s; %d optimizer steps of %d examples (%d x %d accumulation); "
-             "precision %s on %s; %.1fM parameters", len(pairs), args.train_file, args.fine_tune,
-             args.num_training_steps, per_step, args.per_device_train_batch_size, args.gradient_accumulation_steps,
-             args.precision, args.device, model.num_parameters() / 1e6)
+    log.info("%d %s examples from %s; method %s; %d optimizer steps of %d examples (%d x %d accumulation); "
+             "precision %s on %s; %.1fM parameters", len(examples_all), args.objective, args.train_file,
+             args.fine_tune, args.num_training_steps, per_step, args.per_device_train_batch_size,
+             args.gradient_accumulation_steps, args.precision, args.device, model.num_parameters() / 1e6)
     with open(os.path.join(args.output_dir, "train_args.json"), "w") as handle:
         json.dump({k: str(v) if isinstance(v, torch.device) else v for k, v in vars(args).items()}, handle, indent=2)
 
@@ -247,8 +290,10 @@ def train(args: argparse.Namespace) -> str:
     while step < args.num_training_steps:
         for micro in range(args.gradient_accumulation_steps):
             counter = step * args.gradient_accumulation_steps + micro
-            examples, epoch = micro_batch(pairs, counter, args.per_device_train_batch_size, args.seed)
-            batch = packer(examples, torch.Generator().manual_seed(args.seed * 1_000_003 + counter)).to(args.device)
+            examples, epoch = micro_batch(examples_all, counter, args.per_device_train_batch_size, args.seed)
+            generator = torch.Generator().manual_seed(args.seed * 1_000_003 + counter)
+            pairs: list[Pair] = to_pairs(examples, generator)
+            batch = packer(pairs, generator).to(args.device)
             with torch.autocast(args.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 hidden = model(**batch.model_inputs())
                 loss = seq2seq_loss(model, hidden, batch.labels, args.label_smoothing)
@@ -256,7 +301,7 @@ def train(args: argparse.Namespace) -> str:
             window["loss"] += loss.item()
             window["micro"] += 1
             window["tokens"] += batch.num_real_tokens
-            window["target_tokens"] += sum(len(pair.target) + 1 for pair in examples)
+            window["target_tokens"] += sum(pair.num_target_tokens for pair in pairs)
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         scaler.step(optimizer)
