@@ -48,7 +48,7 @@ from typing import Sequence
 
 import torch
 
-from s2s_ft.packing import Pair, SpecialIds
+from s2s_ft.packing import Pair, SpecialIds, corrupt_token
 
 SPAN_POSITIONS = ("uniform", "mass")
 # Special tokens before the sentence in the packer's source layout ([CLS] / <s>): fragment token j of a span
@@ -108,17 +108,6 @@ def span_start(m: int, k: int, mode: str, generator: torch.Generator) -> int:
     return int(torch.randint(last + 1, (), generator=generator))
 
 
-def corrupt_token(token: int, split: Sequence[float], special: SpecialIds, generator: torch.Generator) -> int:
-    """[MASK], the token itself or a uniformly random vocabulary id, with probabilities (mask, keep, rand)."""
-    p_mask, p_keep, _ = split
-    draw = float(torch.rand((), generator=generator))
-    if draw < p_mask:
-        return special.mask
-    if draw < p_mask + p_keep:
-        return token
-    return int(torch.randint(special.vocab_size, (), generator=generator))
-
-
 def mass_pair(sentence: Sequence[int], special: SpecialIds, config: MassConfig,
               generator: torch.Generator) -> Pair:
     """One MASS example: corrupted sentence as the source, the fragment at its original positions as the target."""
@@ -127,7 +116,8 @@ def mass_pair(sentence: Sequence[int], special: SpecialIds, config: MassConfig,
     k = fragment_length(m, config.ratio)
     u = span_start(m, k, config.span_position, generator)
     fragment = tokens[u:u + k]
-    source = tokens[:u] + [corrupt_token(t, config.mask_keep_rand, special, generator) for t in fragment] \
+    p_mask, _, p_random = config.mask_keep_rand
+    source = tokens[:u] + [corrupt_token(t, p_mask, p_random, special, generator) for t in fragment] \
         + tokens[u + k:]
     positions = [LEADING_SPECIALS + u + j for j in range(k)]
     return Pair(source=source, target=fragment, target_positions=positions, close_target=False)

@@ -108,6 +108,18 @@ class PackedBatch:
         return int((self.labels != IGNORE_INDEX).sum())
 
 
+def corrupt_token(token: int, p_mask: float, p_random: float, special: SpecialIds,
+                  generator: torch.Generator) -> int:
+    """BERT-style corruption: [MASK] with ``p_mask``, a uniformly random vocabulary id (specials included, as in
+    s2s-ft) with ``p_random``, else the token itself. Shared by the fine-tuning methods and MASS."""
+    draw = float(torch.rand((), generator=generator))
+    if draw < p_mask:
+        return special.mask
+    if draw < p_mask + p_random:
+        return int(torch.randint(special.vocab_size, (), generator=generator))
+    return token
+
+
 class _Row:
     """Column-wise builder of one packed example."""
 
@@ -147,13 +159,8 @@ class Packer:
     def _corrupt(self, token: int, generator: torch.Generator) -> int:
         if not self.corrupt_enabled:
             return self.special.mask
-        draw = float(torch.rand((), generator=generator))
         p_mask, p_random, _ = self.corruption
-        if draw < p_mask:
-            return self.special.mask
-        if draw < p_mask + p_random:
-            return int(torch.randint(self.special.vocab_size, (), generator=generator))
-        return token
+        return corrupt_token(token, p_mask, p_random, self.special, generator)
 
     def _chance(self, probability: float, generator: torch.Generator) -> bool:
         return self.corrupt_enabled and float(torch.rand((), generator=generator)) < probability
