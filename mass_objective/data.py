@@ -9,7 +9,7 @@ Two formats, chosen by the file name:
 Blank lines are skipped. A line longer than ``max_length`` word pieces is split into the fewest chunks of at most
 ``max_length`` pieces, of near-equal size (so no tiny tail chunk); each chunk is a sentence of its own. Problems
 are reported as ``FILE:LINE: what was expected`` (malformed lines can be counted and skipped with
-``skip_bad_lines``; undecodable bytes and malformed JSON always stop, as in s2s_ft/data.py).
+``skip_bad_lines``, undecodable bytes and malformed JSON included, as in s2s_ft/data.py).
 """
 from __future__ import annotations
 
@@ -38,8 +38,9 @@ def is_jsonl(path: str) -> bool:
     return path.lower().endswith(JSONL_SUFFIXES)
 
 
-def iter_text_lines(path: str) -> Iterator[tuple[int, str]]:
-    """(line number, text) for every non-blank line of a UTF-8 text file."""
+def iter_text_lines(path: str, inline_errors: bool = False) -> Iterator[tuple[int, Union[str, DataError]]]:
+    """(line number, text) for every non-blank line of a UTF-8 text file (an undecodable line raises DataError, or
+    with ``inline_errors`` is yielded as ``(line number, DataError)``)."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     with open(path, "rb") as handle:
@@ -47,20 +48,26 @@ def iter_text_lines(path: str) -> Iterator[tuple[int, str]]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                raise DataError(f"{path}:{number}: not valid UTF-8 (byte {error.start})") from None
+                if not inline_errors:
+                    raise DataError(f"{path}:{number}: not valid UTF-8 (byte {error.start})") from None
+                yield number, DataError(f"{path}:{number}: not valid UTF-8 (byte {error.start})")
+                continue
             if text.strip():
                 yield number, text.strip()
 
 
-def _iter_texts(path: str) -> Iterator[tuple[int, Union[str, list, DataError]]]:
+def _iter_texts(path: str, skip_bad_lines: bool = False) -> Iterator[tuple[int, Union[str, list, DataError]]]:
     """(line number, text or word-piece list) per record; a malformed record yields its DataError instead."""
     if not is_jsonl(path):
-        yield from iter_text_lines(path)
+        yield from iter_text_lines(path, inline_errors=skip_bad_lines)
         return
     seen = 0
     try:
-        for number, record in iter_jsonl(path):
+        for number, record in iter_jsonl(path, inline_errors=skip_bad_lines):
             seen += 1
+            if isinstance(record, DataError):
+                yield number, record
+                continue
             value = record.get("text")
             if value is None:
                 yield number, DataError(f"{path}:{number}: missing \"text\" (expected {{\"text\": ...}})")
@@ -112,7 +119,7 @@ def read_sentences(path: str, tokenizer, max_length: int,
 
     block: list[tuple[int, Union[str, list]]] = []
     any_line = False
-    for number, value in _iter_texts(path):
+    for number, value in _iter_texts(path, skip_bad_lines):
         any_line = True
         if isinstance(value, DataError):
             problem(str(value))

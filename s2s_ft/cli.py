@@ -14,6 +14,10 @@ class UsageError(ValueError):
     """Contradictory or impossible flags."""
 
 
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (e.g. too many consecutive non-finite losses); reported as one line, exit status 3."""
+
+
 # Errors caused by the user's input: reported as one line, never as a traceback.
 USER_ERRORS = (UsageError, DataError, CheckpointError)
 
@@ -28,4 +32,14 @@ def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespac
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingStopped as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except OSError as error:  # unwritable output dir, disk full, permission denied: the file and the reason
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     return 0

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Union
 
 from .packing import Pair, SpecialIds
 
@@ -20,12 +20,19 @@ class DataError(ValueError):
     """A data file is unreadable or malformed; the message names the file and line."""
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model",
+                   "tokenizer.model")
+
+
 def load_tokenizer(path: str):
     """A tokenizer from a local directory (never the hub)."""
     from transformers import AutoTokenizer
 
     if not path or not os.path.isdir(path):
         raise DataError(f"{path}: tokenizer directory not found (expected a local directory with tokenizer files)")
+    if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        # transformers would build an empty-vocabulary tokenizer from config.json alone
+        raise DataError(f"{path}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)})")
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as error:
@@ -43,26 +50,37 @@ def special_ids(tokenizer, source_type: int, target_type: int) -> SpecialIds:
     return SpecialIds(**ids, vocab_size=len(tokenizer), source_type=source_type, target_type=target_type)
 
 
-def iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; malformed lines raise DataError naming the line."""
+def iter_jsonl(path: str, inline_errors: bool = False) -> Iterator[tuple[int, Union[dict, "DataError"]]]:
+    """(line number, object) for every non-blank line; malformed lines (bad UTF-8, bad JSON, not an object) raise
+    DataError naming the line, or with ``inline_errors`` are yielded as ``(line number, DataError)`` so that the
+    caller can count and skip them (``--skip_bad_lines``)."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     seen_any = False
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            problem = None
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                raise DataError(f"{path}:{number}: not valid UTF-8 (byte {error.start})") from None
+                problem, text = f"not valid UTF-8 (byte {error.start})", "?"
             if not text.strip():
                 continue
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: malformed JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(value, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, got {type(value).__name__}")
             seen_any = True
+            if problem is None:
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError as error:
+                    problem = f"malformed JSON ({error.msg} at column {error.colno})"
+                except RecursionError:
+                    problem = "malformed JSON (nested too deeply)"
+            if problem is None and not isinstance(value, dict):
+                problem = f"expected a JSON object, got {type(value).__name__}"
+            if problem is not None:
+                if not inline_errors:
+                    raise DataError(f"{path}:{number}: {problem}")
+                yield number, DataError(f"{path}:{number}: {problem}")
+                continue
             yield number, value
     if not seen_any:
         raise DataError(f"{path}: empty file (expected JSON lines with \"src\" and \"tgt\")")
@@ -110,8 +128,10 @@ def read_pairs(path: str, tokenizer, max_source_len: int, max_target_len: int,
     stats = TokenizeStats()
     numbers, sources, targets = [], [], []
     bad: list[str] = []
-    for number, record in iter_jsonl(path):
+    for number, record in iter_jsonl(path, inline_errors=skip_bad_lines):
         try:
+            if isinstance(record, DataError):
+                raise record
             src, tgt = _check_side(path, number, record, "src"), _check_side(path, number, record, "tgt")
         except DataError as error:
             if not skip_bad_lines:

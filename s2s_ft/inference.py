@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -115,49 +116,208 @@ def build_parser() -> argparse.ArgumentParser:
     add("--nbest", type=int, default=1)
     add("--output_format", default="text", choices=("text", "jsonl"))
     add("--device", default=None)
+    add("--skip_bad_lines", action="store_true",
+        help="a malformed input line is counted and gets an empty output line (output stays aligned with input)")
+    add("--resume", action="store_true",
+        help="decode in chunks, appending finished lines to OUTPUT.partial (fsynced, progress in "
+             "OUTPUT.partial.json); re-running with --resume continues where a killed run stopped")
+    add("--resume_chunk", type=int, default=1000, help="with --resume: input lines per durable chunk")
     add("--log_level", default="INFO")
     return p
 
 
-def decode_file(args: argparse.Namespace) -> list[str]:
-    paths = sorted(glob.glob(args.model_path)) if any(c in args.model_path for c in "*?[") else [args.model_path]
-    if not paths:
-        raise DataError(f"{args.model_path}: no checkpoint matches")
-    if args.nbest > max(1, args.beam_size):
+def check_decode_args(args: argparse.Namespace) -> None:
+    """Contradictory or impossible flags, each as one line."""
+    for name, low in (("batch_size", 1), ("beam_size", 1), ("nbest", 1), ("ngram_size", 1), ("min_len", 0),
+                      ("resume_chunk", 1)):
+        if getattr(args, name) < low:
+            raise UsageError(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    if args.max_tgt_length is not None and args.max_tgt_length < 1:
+        raise UsageError(f"--max_tgt_length must be >= 1, got {args.max_tgt_length}")
+    if args.max_tgt_length is not None and args.min_len > args.max_tgt_length:
+        raise UsageError(f"--min_len {args.min_len} exceeds --max_tgt_length {args.max_tgt_length}")
+    if args.nbest > args.beam_size:
         raise UsageError(f"--nbest {args.nbest} exceeds --beam_size {args.beam_size}")
     if args.nbest > 1 and args.output_format != "jsonl":
         raise UsageError("--nbest > 1 needs --output_format jsonl")
-    sources = []
-    for number, record in iter_jsonl(args.input_file):
-        value = record.get("src")
-        if not (isinstance(value, str) and value.strip()) and not (
+    if args.fp16 and args.precision not in ("fp32", "fp16"):
+        raise UsageError(f"--fp16 contradicts --precision {args.precision}")
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            raise UsageError(f"--device {args.device}: not a device (expected cpu, cuda or cuda:N)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device}: no GPU is available; use --device cpu")
+    directory = os.path.dirname(os.path.abspath(args.output_file))
+    if not os.path.isdir(directory):
+        raise UsageError(f"--output_file {args.output_file}: directory {directory} does not exist")
+    if os.path.abspath(args.output_file) == os.path.abspath(args.input_file):
+        raise UsageError("--output_file is the --input_file; refusing to overwrite the input")
+
+
+def read_sources(path: str, skip_bad_lines: bool) -> tuple[list, list[int]]:
+    """``src`` of every non-blank line (None for a skipped bad line) and its line number."""
+    sources, numbers, bad = [], [], []
+    for number, record in iter_jsonl(path, inline_errors=skip_bad_lines):
+        value = None if isinstance(record, DataError) else record.get("src")
+        if isinstance(record, DataError):
+            message = str(record)
+        elif (isinstance(value, str) and value.strip()) or (
                 isinstance(value, list) and value and all(isinstance(x, str) for x in value)):
-            raise DataError(f"{args.input_file}:{number}: \"src\" must be a non-empty string or word-piece list")
+            message = None
+        elif value is None:
+            message = f"{path}:{number}: missing \"src\" (expected {{\"src\": ...}})"
+        else:
+            message = f"{path}:{number}: \"src\" must be a non-empty string or word-piece list"
+        if message:
+            if not skip_bad_lines:
+                raise DataError(message)
+            bad.append(message)
+            value = None
         sources.append(value)
+        numbers.append(number)
+    report_skipped(path, bad)
+    return sources, numbers
+
+
+def report_skipped(path: str, bad: list[str]) -> None:
+    if bad:
+        log.warning("skipped %d bad lines in %s (each gets an empty output line); first: %s", len(bad), path,
+                    " | ".join(bad[:3]))
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _resume_identity(args: argparse.Namespace, checkpoint_path: str) -> dict:
+    """What a partial output depends on: the input's content and every setting that changes the decoded lines."""
+    weights = [os.path.join(checkpoint_path, name) for name in sorted(os.listdir(checkpoint_path))
+               if name.startswith("model.") or name.startswith("pytorch_model")]
+    settings = {k: v for k, v in vars(args).items() if k not in ("output_file", "resume", "log_level", "model_path")}
+    settings["checkpoint"] = os.path.abspath(checkpoint_path)
+    settings["weights"] = [(os.path.basename(w), os.path.getsize(w), os.stat(w).st_mtime_ns) for w in weights]
+    encoded = json.dumps(settings, sort_keys=True, default=str).encode()
+    return {"input": os.path.abspath(args.input_file), "input_size": os.path.getsize(args.input_file),
+            "input_sha256": _sha256_file(args.input_file), "settings_sha256": hashlib.sha256(encoded).hexdigest()}
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def decode_resumable(output: str, total: int, chunk: int, decode_range, identity: dict) -> int:
+    """Decode lines [0, total) in chunks of ``chunk``; each finished chunk is appended to ``output.partial`` and
+    fsynced before ``output.partial.json`` records it. A re-run continues after the last recorded chunk; the
+    partial file is renamed to ``output`` when complete. Returns the number of lines decoded by this call."""
+    partial, meta_path = output + ".partial", output + ".partial.json"
+    done, size = 0, 0
+    if os.path.isfile(meta_path) and os.path.isfile(partial):
+        try:
+            with open(meta_path, encoding="utf-8") as handle:
+                meta = json.load(handle)
+            recorded = {key: meta[key] for key in identity}
+            done, size = int(meta["lines_done"]), int(meta["bytes_done"])
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{meta_path}: unreadable progress file; delete it and {partial} to start over") from None
+        changed = [key for key in identity if recorded[key] != identity[key]]
+        if changed:
+            what = "the input file" if any(key.startswith("input") for key in changed) else "the decoding settings"
+            raise UsageError(f"{meta_path}: {what} changed since {partial} was written ({', '.join(changed)} "
+                             f"differ); delete {partial} and {meta_path} to start over")
+        if os.path.getsize(partial) < size or done > total:
+            raise DataError(f"{partial}: shorter than {meta_path} records; delete both to start over")
+        log.info("resuming %s at line %d of %d", output, done, total)
+    elif os.path.exists(partial) or os.path.exists(meta_path):
+        log.warning("%s: incomplete progress files without their partner; starting over", partial)
+    with open(partial, "r+b" if done else "wb") as handle:
+        handle.truncate(size)  # drop lines appended after the last recorded chunk
+    start_done = done
+    while done < total:
+        end = min(total, done + chunk)
+        lines = decode_range(done, end)
+        with open(partial, "ab") as handle:
+            handle.write("".join(line + "\n" for line in lines).encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+            size = handle.tell()
+        done = end
+        write_atomic(meta_path, [json.dumps({**identity, "lines_done": done, "bytes_done": size,
+                                             "total": total})])
+    os.replace(partial, output)
+    _fsync_dir(output)
+    os.remove(meta_path)
+    return total - start_done
+
+
+def decode_file(args: argparse.Namespace) -> list[str]:
+    check_decode_args(args)
+    paths = sorted(glob.glob(args.model_path)) if any(c in args.model_path for c in "*?[") else [args.model_path]
+    if not paths:
+        raise DataError(f"{args.model_path}: no checkpoint matches")
+    sources, numbers = read_sources(args.input_file, args.skip_bad_lines)
     written = []
     for path in paths:
         loaded = load_decoder(path, args.device, "fp16" if args.fp16 else args.precision)
         max_tgt = args.max_tgt_length or int(loaded.settings["max_target_seq_length"])
+        if args.min_len > max_tgt:
+            raise UsageError(f"--min_len {args.min_len} exceeds the target length {max_tgt}")
         max_source = (args.max_seq_length - max_tgt) if args.max_seq_length else loaded.max_source_length
-        ids, truncated = loaded.source_ids(sources, max_source)
+        if max_source < 3:
+            raise UsageError(f"--max_seq_length {args.max_seq_length} leaves {max_source} source positions after "
+                             f"{max_tgt} target tokens; need at least 3")
+        valid = [i for i, source in enumerate(sources) if source is not None]
+        valid_ids, truncated = loaded.source_ids([sources[i] for i in valid], max_source)
+        ids: list[Optional[list[int]]] = [None] * len(sources)
+        bad = []
+        for i, source_ids in zip(valid, valid_ids):
+            if source_ids:
+                ids[i] = source_ids
+                continue
+            message = f"{args.input_file}:{numbers[i]}: \"src\" tokenises to nothing"
+            if not args.skip_bad_lines:
+                raise DataError(message)
+            bad.append(message)
+        report_skipped(args.input_file, bad)
         if truncated:
-            log.warning("%d of %d sources truncated to %d tokens", truncated, len(ids), max_source)
+            log.warning("%d of %d sources truncated to %d tokens", truncated, len(valid), max_source)
         ignore = [] if not args.forbid_ignore_word else loaded.tokenizer.convert_tokens_to_ids(
             [w for w in args.forbid_ignore_word.split("|") if w])
         config = SearchConfig(beam_size=args.beam_size, max_tgt_length=max_tgt, min_len=args.min_len,
                               length_penalty=args.length_penalty, forbid_duplicate_ngrams=args.forbid_duplicate_ngrams,
                               ngram_size=args.ngram_size, forbid_ignore_ids=ignore, nbest=args.nbest,
                               use_cache=not args.no_cache)
-        results = loaded.decode_ids(ids, config, args.batch_size, progress=True)
-        if args.output_format == "text":
-            lines = [loaded.text(hyps[0].tokens) if hyps else "" for hyps in results]
-        else:
-            lines = [json.dumps({"hyps": [{"text": loaded.text(h.tokens), "score": h.score, "log_prob": h.log_prob,
-                                           "finished": h.finished} for h in hyps]}, ensure_ascii=False)
-                     for hyps in results]
+
+        def render(hyps) -> str:
+            if args.output_format == "text":
+                return loaded.text(hyps[0].tokens) if hyps else ""
+            return json.dumps({"hyps": [{"text": loaded.text(h.tokens), "score": h.score, "log_prob": h.log_prob,
+                                         "finished": h.finished} for h in hyps or []]}, ensure_ascii=False)
+
+        def decode_range(start: int, end: int) -> list[str]:
+            """Output lines start..end-1 in input order; a skipped line's output is empty ("" / no hyps)."""
+            chosen = [i for i in range(start, end) if ids[i] is not None]
+            results = dict(zip(chosen, loaded.decode_ids([ids[i] for i in chosen], config, args.batch_size,
+                                                         progress=not args.resume)))
+            return [render(results.get(i)) for i in range(start, end)]
+
         output = args.output_file if len(paths) == 1 else f"{args.output_file}.{os.path.basename(path.rstrip('/'))}"
-        write_atomic(output, lines)
-        log.info("wrote %d lines to %s", len(lines), output)
+        if args.resume:
+            decode_resumable(output, len(sources), args.resume_chunk, decode_range, _resume_identity(args, path))
+        else:
+            write_atomic(output, decode_range(0, len(sources)))
+        log.info("wrote %d lines to %s", len(sources), output)
         written.append(output)
     return written
 

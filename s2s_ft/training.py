@@ -18,6 +18,7 @@ import random
 import re
 import shutil
 import time
+import warnings
 from dataclasses import asdict
 from typing import Optional
 
@@ -27,7 +28,8 @@ from tqdm.auto import tqdm
 from mass_objective import SPAN_POSITIONS, MassConfig, mass_pairs, parse_mask_keep_rand, read_sentences
 
 from . import checkpoint
-from .cli import UsageError, run_cli
+from .checkpoint import CheckpointError
+from .cli import TrainingStopped, UsageError, run_cli
 from .data import load_tokenizer, read_pairs, special_ids
 from .loss import seq2seq_loss
 from .packing import METHODS, Packer, Pair
@@ -38,6 +40,19 @@ OBJECTIVES = ("seq2seq", "mass")
 MASK_WAY_ALIASES = {"v0": "causal", "v1": "masked", "v2": "pseudo_masked"}  # s2s-ft's --mask_way names
 TRAINING_STATE = "training_state.pt"
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d+)$")
+TEMPORARY_PATTERN = re.compile(r"^ckpt-\d+\..*tmp$")
+# Test hooks (tests/test_crash_resume.py) that widen the windows in which a SIGKILL lands: seconds to sleep between
+# writing ckpt-STEP.tmp and renaming it ("SECONDS" for every save, "SECONDS@STEP" for one), and after every step.
+SAVE_DELAY_ENV, STEP_DELAY_ENV = "S2S_FT_TEST_SAVE_DELAY", "S2S_FT_TEST_STEP_DELAY"
+
+
+def _test_delay(name: str, step: Optional[int] = None) -> None:
+    value = os.environ.get(name)
+    if not value:
+        return
+    seconds, _, only = value.partition("@")
+    if not only or (step is not None and int(only) == step):
+        time.sleep(float(seconds))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--keep_prob", type=float, default=0.1, help="corrupted token -> kept unchanged")
     # bookkeeping
     add("--save_steps", type=int, default=1500)
+    add("--save_total_limit", type=int, default=None,
+        help="keep only the newest N complete ckpt-* dirs (older ones are deleted after each successful save)")
+    add("--max_bad_steps", type=int, default=10,
+        help="stop after this many consecutive steps with a non-finite loss or gradient (each is skipped)")
     add("--logging_steps", type=int, default=50)
     add("--seed", type=int, default=42)
     add("--precision", default=None, choices=("fp32", "bf16", "fp16"), help="torch.autocast mixed precision")
@@ -114,11 +133,23 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError("--precision fp16 needs a GPU; on CPU use --precision bf16 or fp32")
     if args.model_name_or_path is None and args.config_name is None:
         raise UsageError("give --model_name_or_path (weights) or --config_name (random init)")
+    if args.model_name_or_path is not None and not os.path.isdir(args.model_name_or_path):
+        raise CheckpointError(f"{args.model_name_or_path}: checkpoint directory not found (--model_name_or_path)")
     if not 0 <= args.random_prob + args.keep_prob <= 1:
         raise UsageError("--random_prob + --keep_prob must lie in [0, 1]")
-    for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps",
+                 "max_bad_steps"):
         if getattr(args, name) < 1:
-            raise UsageError(f"--{name} must be >= 1")
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.save_total_limit is not None and args.save_total_limit < 1:
+        raise UsageError(f"--save_total_limit must be >= 1, got {args.save_total_limit}")
+    if args.num_training_steps == 0 or (args.num_training_steps < 0 and args.num_training_epochs <= 0):
+        raise UsageError("nothing to train: give --num_training_steps > 0 or --num_training_epochs > 0")
+    for name in ("learning_rate", "adam_epsilon", "weight_decay", "max_grad_norm", "num_warmup_steps"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if not 0 <= args.label_smoothing < 1 or not 0 <= args.target_mask_prob <= 1:
+        raise UsageError("--label_smoothing must lie in [0, 1) and --target_mask_prob in [0, 1]")
     if args.max_source_seq_length < 3 or args.max_target_seq_length < 2:
         raise UsageError("--max_source_seq_length must be >= 3 and --max_target_seq_length >= 2")
     if args.objective == "mass":
@@ -135,43 +166,118 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------------------------
 # Checkpoints: output_dir/ckpt-STEP/ = an HF model dir + training_state.pt, written to a temporary name and renamed.
 # ----------------------------------------------------------------------------------------------------------------
-def latest_checkpoint(output_dir: str) -> Optional[str]:
+def complete_checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of every complete ``ckpt-STEP`` dir (one holding training_state.pt), oldest first. A save that
+    died before its rename left ``ckpt-STEP.tmp``, which never matches."""
     if not os.path.isdir(output_dir):
-        return None
-    steps = [int(m.group(1)) for name in os.listdir(output_dir) if (m := CHECKPOINT_PATTERN.match(name))
+        return []
+    found = [(int(m.group(1)), os.path.join(output_dir, name)) for name in os.listdir(output_dir)
+             if (m := CHECKPOINT_PATTERN.match(name))
              and os.path.isfile(os.path.join(output_dir, name, TRAINING_STATE))]
-    return os.path.join(output_dir, f"ckpt-{max(steps)}") if steps else None
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str) -> Optional[str]:
+    found = complete_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+def remove_stale_temporaries(output_dir: str) -> None:
+    """``ckpt-STEP.tmp`` dirs are what a killed save leaves behind; they are never resumed from."""
+    if not os.path.isdir(output_dir):
+        return
+    for name in os.listdir(output_dir):
+        if TEMPORARY_PATTERN.match(name):
+            log.warning("removing %s, left by a save that did not finish", os.path.join(output_dir, name))
+            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
+def prune_checkpoints(output_dir: str, limit: Optional[int], keep: str) -> None:
+    """Delete the oldest complete checkpoints beyond ``limit``; ``keep`` (the one just written) always stays."""
+    if not limit:
+        return
+    found = [path for _, path in complete_checkpoints(output_dir)]
+    excess = [path for path in found if os.path.abspath(path) != os.path.abspath(keep)]
+    for path in excess[:max(0, len(found) - limit)]:
+        # rename first, so a kill during rmtree leaves a *.tmp (cleaned at start-up), never a half-deleted ckpt
+        doomed = path + ".deleting.tmp"
+        os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        log.info("deleted %s (--save_total_limit %d)", path, limit)
 
 
 def rng_state() -> dict:
+    """This process's RNG states. Stored under its rank (``RANK``, 0 without DDP) so that a future multi-process run
+    can save and restore one state per rank; today a single process writes ``{"per_rank": {0: ...}}``."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    try:  # numpy is not used by this package; its state is kept in case a tokenizer or user hook draws from it
+        import numpy
+        state["numpy"] = numpy.random.get_state()
+    except ImportError:
+        pass
+    return {"per_rank": {current_rank(): state}}
 
 
-def restore_rng(state: dict) -> None:
+def restore_rng(saved: dict) -> None:
+    state = saved["per_rank"][current_rank()] if "per_rank" in saved else saved  # older checkpoints: one state
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy
+        numpy.random.set_state(state["numpy"])
+
+
+def current_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def fsync_path(path: str) -> None:
+    """Flush a file's or a directory's data and metadata to the device."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a directory
+        if not os.path.isdir(path):
+            raise
+    finally:
+        os.close(fd)
 
 
 def save_training_checkpoint(path: str, model, args, hf_config, tokenizer, settings, training_state) -> None:
+    """Write ``path + '.tmp'``, fsync every file and the directory, rename it to ``path``, fsync the parent: after
+    a crash at any point the directory is either complete or absent (a leftover ``.tmp`` is never resumed)."""
     temporary = path + ".tmp"
     shutil.rmtree(temporary, ignore_errors=True)
     checkpoint.save_checkpoint(model, temporary, args.model_type, hf_config, tokenizer=tokenizer, settings=settings)
     torch.save(training_state, os.path.join(temporary, TRAINING_STATE))
-    shutil.rmtree(path, ignore_errors=True)
+    for root, _, files in os.walk(temporary):
+        for name in files:
+            fsync_path(os.path.join(root, name))
+    fsync_path(temporary)
+    _test_delay(SAVE_DELAY_ENV, training_state.get("step"))
+    if os.path.isdir(path):  # re-saving the same step: move the old one aside first
+        os.replace(path, path + ".old.tmp")
+        shutil.rmtree(path + ".old.tmp", ignore_errors=True)
     os.replace(temporary, path)  # the directory appears complete or not at all
+    fsync_path(os.path.dirname(os.path.abspath(path)))
 
 
 def drop_log_records_after(path: str, step: int) -> None:
     """A run that died after its last checkpoint logged steps that the resumed run will log again."""
     if not os.path.isfile(path):
         return
-    with open(path) as handle:
-        kept = [line for line in handle if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                if line.strip() and json.loads(line)["step"] <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            except (ValueError, KeyError, TypeError):  # a record cut short by a kill
+                continue
     with open(path + ".tmp", "w") as handle:
         handle.writelines(kept)
     os.replace(path + ".tmp", path)
@@ -221,6 +327,7 @@ def train(args: argparse.Namespace) -> str:
     """Run (or resume) fine-tuning; returns the final checkpoint directory."""
     args = resolve_args(args)
     os.makedirs(args.output_dir, exist_ok=True)
+    remove_stale_temporaries(args.output_dir)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
 
@@ -264,13 +371,18 @@ def train(args: argparse.Namespace) -> str:
             raise UsageError(f"{resume_from} was trained with --objective "
                              f"{resumed_settings.get('objective', 'seq2seq')}, not {args.objective}; use a new "
                              f"--output_dir (and --model_name_or_path {resume_from} to start from it)")
-        model.load_state_dict(resumed.state_dict())
-        state = torch.load(os.path.join(resume_from, TRAINING_STATE), weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
-        step = state["step"]
+        try:
+            model.load_state_dict(resumed.state_dict())
+            state = torch.load(os.path.join(resume_from, TRAINING_STATE), weights_only=False)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            restore_rng(state["rng"])
+            step = state["step"]
+        except Exception as error:  # truncated/corrupted file, or a checkpoint of another model size
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise CheckpointError(f"{resume_from}: cannot resume from it ({first}); move it out of "
+                                  f"{args.output_dir} to resume from an earlier checkpoint") from None
         log.info("resuming from %s at step %d", resume_from, step)
     drop_log_records_after(os.path.join(args.output_dir, "train_log.jsonl"), step)
 
@@ -278,16 +390,26 @@ def train(args: argparse.Namespace) -> str:
              "precision %s on %s; %.1fM parameters", len(examples_all), args.objective, args.train_file,
              args.fine_tune, args.num_training_steps, per_step, args.per_device_train_batch_size,
              args.gradient_accumulation_steps, args.precision, args.device, model.num_parameters() / 1e6)
-    with open(os.path.join(args.output_dir, "train_args.json"), "w") as handle:
+    args_path = os.path.join(args.output_dir, "train_args.json")
+    with open(args_path + ".tmp", "w") as handle:
         json.dump({k: str(v) if isinstance(v, torch.device) else v for k, v in vars(args).items()}, handle, indent=2)
+    os.replace(args_path + ".tmp", args_path)
 
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
     log_path = os.path.join(args.output_dir, "train_log.jsonl")
     model.train()
     progress = tqdm(total=args.num_training_steps, initial=step, desc="train", disable=None)
-    window = {"loss": 0.0, "micro": 0, "tokens": 0, "target_tokens": 0, "start": time.perf_counter()}
+    new_window = lambda: {"loss": 0.0, "micro": 0, "tokens": 0, "target_tokens": 0, "skipped": 0,
+                          "start": time.perf_counter()}
+    window = new_window()
     last_saved = resume_from
+    # Non-finite losses: fp16 keeps the GradScaler's path (backward, the scaler sees inf/NaN gradients and skips the
+    # update, lowering its scale); other precisions skip the optimizer step themselves. Either way the step counter
+    # and the LR schedule advance, so data order stays a function of (seed, step); bad_streak counts consecutive
+    # steps with a non-finite loss (or, outside fp16, gradient norm) and stops the run at --max_bad_steps.
+    bad_streak = state.get("bad_streak", 0) if resume_from else 0
     while step < args.num_training_steps:
+        bad_loss = False
         for micro in range(args.gradient_accumulation_steps):
             counter = step * args.gradient_accumulation_steps + micro
             examples, epoch = micro_batch(examples_all, counter, args.per_device_train_batch_size, args.seed)
@@ -297,39 +419,70 @@ def train(args: argparse.Namespace) -> str:
             with torch.autocast(args.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 hidden = model(**batch.model_inputs())
                 loss = seq2seq_loss(model, hidden, batch.labels, args.label_smoothing)
-            scaler.scale(loss / args.gradient_accumulation_steps).backward()
-            window["loss"] += loss.item()
-            window["micro"] += 1
+            finite = bool(torch.isfinite(loss.detach()))
+            if finite:
+                window["loss"] += loss.item()
+                window["micro"] += 1
+            bad_loss |= not finite
+            if finite or scaler.is_enabled():
+                scaler.scale(loss / args.gradient_accumulation_steps).backward()
             window["tokens"] += batch.num_real_tokens
             window["target_tokens"] += sum(pair.num_target_tokens for pair in pairs)
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        bad = bad_loss or (not scaler.is_enabled() and not bool(torch.isfinite(grad_norm)))
+        if scaler.is_enabled() or not bad:  # otherwise skipped: the model and the optimizer state stay as they were
+            scaler.step(optimizer)  # fp16: skips the update itself when the gradients hold inf/NaN
+            scaler.update()
+        with warnings.catch_warnings():  # a skipped first step makes torch warn about the call order
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         progress.update(1)
+        _test_delay(STEP_DELAY_ENV)
+        if bad:
+            bad_streak += 1
+            window["skipped"] += 1
+            log.warning("step %d: non-finite %s; optimizer step skipped (%d in a row, --max_bad_steps %d)", step,
+                        "loss" if bad_loss else "gradient norm", bad_streak, args.max_bad_steps)
+            if bad_streak >= args.max_bad_steps:
+                raise TrainingStopped(
+                    f"{bad_streak} consecutive steps (up to step {step}) had a non-finite loss or gradient; "
+                    f"stopped without saving. Last good checkpoint: {last_saved or 'none'} (try a lower "
+                    f"--learning_rate, --precision fp32, or look for bad examples)")
+        else:
+            bad_streak = 0
 
         if step % args.logging_steps == 0 or step == args.num_training_steps:
             elapsed = time.perf_counter() - window["start"]
-            record = {"step": step, "epoch": epoch, "loss": round(window["loss"] / window["micro"], 5),
-                      "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(grad_norm), 4),
+            norm = float(grad_norm)
+            record = {"step": step, "epoch": epoch,
+                      "loss": round(window["loss"] / window["micro"], 5) if window["micro"] else None,
+                      "lr": scheduler.get_last_lr()[0], "grad_norm": round(norm, 4) if math.isfinite(norm) else None,
                       "tokens_per_s": round(window["tokens"] / elapsed, 1),
                       "target_tokens_per_s": round(window["target_tokens"] / elapsed, 1)}
+            if window["skipped"]:
+                record["skipped_steps"] = window["skipped"]
             with open(log_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
             progress.set_postfix(loss=record["loss"], lr=f"{record['lr']:.2e}")
-            log.info("step %d: loss %.4f, lr %.3e, %.0f tokens/s (%.0f target tokens/s)", step, record["loss"],
-                     record["lr"], record["tokens_per_s"], record["target_tokens_per_s"])
-            window = {"loss": 0.0, "micro": 0, "tokens": 0, "target_tokens": 0, "start": time.perf_counter()}
+            log.info("step %d: loss %s, lr %.3e, %.0f tokens/s (%.0f target tokens/s)", step,
+                     "n/a" if record["loss"] is None else f"{record['loss']:.4f}", record["lr"],
+                     record["tokens_per_s"], record["target_tokens_per_s"])
+            window = new_window()
 
         if step % args.save_steps == 0 or step == args.num_training_steps:
+            poisoned = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+            if poisoned:  # never write a checkpoint that resume would pick over the last good one
+                raise TrainingStopped(f"step {step}: parameter {poisoned[0]} is not finite; not saved. Last good "
+                                      f"checkpoint: {last_saved or 'none'}")
             last_saved = os.path.join(args.output_dir, f"ckpt-{step}")
             save_training_checkpoint(last_saved, model, args, hf_config, tokenizer, settings, {
                 "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rng_state()})
+                "scaler": scaler.state_dict(), "rng": rng_state(), "bad_streak": bad_streak})
             log.info("saved %s", last_saved)
+            prune_checkpoints(args.output_dir, args.save_total_limit, keep=last_saved)
     progress.close()
     return last_saved
 
