@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from mass_objective import (MassConfig, fragment_length, mass_pair, mass_pairs, parse_mask_keep_rand,
                             read_sentences, split_chunks)
+from conftest import write_tiny_bert
 from s2s_ft import checkpoint, training
 from s2s_ft.data import DataError
 from s2s_ft.model import attention_allowed
@@ -267,15 +268,7 @@ WORDS = "the a cat dog sat ran on mat big small red blue der die das hund katze 
 @pytest.fixture(scope="module")
 def tiny_config_dir(tmp_path_factory):
     """A BERT config.json + WordPiece tokenizer, no weights: MASS starts from scratch."""
-    from transformers import BertConfig, BertTokenizerFast
-
-    directory = tmp_path_factory.mktemp("tiny-scratch")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True).save_pretrained(directory)
-    BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-               intermediate_size=64, max_position_embeddings=64).save_pretrained(directory)
-    return str(directory)
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-scratch"), WORDS, weights=False)
 
 
 @pytest.fixture(scope="module")
