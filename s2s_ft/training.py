@@ -25,12 +25,15 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from mass_objective import SPAN_POSITIONS, MassConfig, mass_pairs, parse_mask_keep_rand, read_sentences
+from mass_objective import (SPAN_POSITIONS, MassConfig, fragment_length, mass_pairs, parse_mask_keep_rand,
+                            read_sentences)
 
 from . import checkpoint
+from .batching import TokenBudgetSampler, packed_length
+from .cache import cache_key, cached_columns
 from .checkpoint import CheckpointError
 from .cli import TrainingStopped, UsageError, run_cli
-from .data import load_tokenizer, read_pairs, special_ids
+from .data import DataError, load_tokenizer, read_pairs, special_ids
 from .loss import seq2seq_loss
 from .packing import METHODS, Packer, Pair
 
@@ -73,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_source_seq_length", type=int, default=464, help="source length incl. [CLS] and [SEP]")
     add("--max_target_seq_length", type=int, default=48, help="target length incl. the closing [SEP]")
     add("--skip_bad_lines", action="store_true", help="skip (and count) malformed training lines")
+    add("--cache_dir", default=None,
+        help="where tokenised training examples are cached (default: <output_dir>/cache)")
     # objective
     add("--objective", default="seq2seq", choices=OBJECTIVES,
         help="seq2seq: fine-tune on (src, tgt) pairs; mass: MASS pre-training on monolingual sentences")
@@ -87,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--per_device_train_batch_size", "--per_gpu_train_batch_size", dest="per_device_train_batch_size",
         type=int, default=8)
     add("--gradient_accumulation_steps", type=int, default=1)
+    add("--max_tokens_per_batch", type=int, default=None,
+        help="token-budget batching: micro-batches of similar-length examples, rows x longest packed length <= N "
+             "(replaces --per_device_train_batch_size)")
     add("--learning_rate", type=float, default=5e-5)
     add("--weight_decay", type=float, default=0.01, help="not applied to biases and LayerNorm weights")
     add("--adam_epsilon", type=float, default=1e-8)
@@ -141,6 +149,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
                  "max_bad_steps"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.max_tokens_per_batch is not None and args.max_tokens_per_batch < 1:
+        raise UsageError(f"--max_tokens_per_batch must be >= 1, got {args.max_tokens_per_batch}")
     if args.save_total_limit is not None and args.save_total_limit < 1:
         raise UsageError(f"--save_total_limit must be >= 1, got {args.save_total_limit}")
     if args.num_training_steps == 0 or (args.num_training_steps < 0 and args.num_training_epochs <= 0):
@@ -310,17 +320,33 @@ def micro_batch(pairs, counter: int, batch_size: int, seed: int):
 
 
 def training_examples(args, tokenizer, special):
-    """(examples, to_pairs): ``micro_batch`` draws from ``examples``; ``to_pairs(examples, generator)`` turns one
-    micro-batch into packer Pairs. seq2seq: the pairs themselves, nothing drawn. mass: monolingual sentences (chunks
-    of at most max_source_seq_length - 2 pieces) that become MASS pairs with the micro-batch's generator."""
+    """(examples, to_pairs, lengths): ``micro_batch`` draws from ``examples``; ``to_pairs(examples, generator)`` turns
+    one micro-batch into packer Pairs; ``lengths[i]`` is example i's packed length. seq2seq: the pairs themselves,
+    nothing drawn. mass: monolingual sentences (chunks of at most max_source_seq_length - 2 pieces) that become MASS
+    pairs with the micro-batch's generator. Tokenised examples are cached in --cache_dir."""
+    if not os.path.isfile(args.train_file):
+        raise DataError(f"{args.train_file}: file not found")
+    key = cache_key(args.train_file, args.tokenizer_name, objective=args.objective,
+                    max_source_seq_length=args.max_source_seq_length,
+                    max_target_seq_length=args.max_target_seq_length, skip_bad_lines=args.skip_bad_lines)
+    cache_dir = args.cache_dir or os.path.join(args.output_dir, "cache")
     if args.objective == "seq2seq":
-        pairs, _ = read_pairs(args.train_file, tokenizer, args.max_source_seq_length, args.max_target_seq_length,
-                              skip_bad_lines=args.skip_bad_lines)
-        return pairs, lambda examples, generator: examples
-    sentences, _ = read_sentences(args.train_file, tokenizer, args.max_source_seq_length - 2,
-                                  skip_bad_lines=args.skip_bad_lines)
+        def build():
+            pairs, _ = read_pairs(args.train_file, tokenizer, args.max_source_seq_length,
+                                  args.max_target_seq_length, skip_bad_lines=args.skip_bad_lines)
+            return [[pair.source for pair in pairs], [pair.target for pair in pairs]]
+
+        sources, targets = cached_columns(cache_dir, key, 2, build)
+        pairs = [Pair(source, target) for source, target in zip(sources, targets)]
+        lengths = [packed_length(pair, args.fine_tune) for pair in pairs]
+        return pairs, lambda examples, generator: examples, lengths
+    (sentences,) = cached_columns(cache_dir, key, 1, lambda: [read_sentences(
+        args.train_file, tokenizer, args.max_source_seq_length - 2, skip_bad_lines=args.skip_bad_lines)[0]])
     config = MassConfig(args.mass_ratio, tuple(args.mass_mask_keep_rand), args.mass_span_position)
-    return sentences, lambda examples, generator: mass_pairs(examples, special, config, generator)
+    # a MASS pair: the sentence (same length) as the source, a fragment of fragment_length tokens, no closing [SEP]
+    lengths = [packed_length(Pair([0] * len(s), [0] * fragment_length(len(s), config.ratio), close_target=False),
+                             args.fine_tune) for s in sentences]
+    return sentences, lambda examples, generator: mass_pairs(examples, special, config, generator), lengths
 
 
 def train(args: argparse.Namespace) -> str:
@@ -343,11 +369,22 @@ def train(args: argparse.Namespace) -> str:
                          f"vocabulary has {model.config.vocab_size}")
     special = type(special)(**{**asdict(special), "vocab_size": model.config.vocab_size})
 
-    examples_all, to_pairs = training_examples(args, tokenizer, special)
+    examples_all, to_pairs, lengths = training_examples(args, tokenizer, special)
     mask_prob = 1.0 - args.random_prob - args.keep_prob
     packer = Packer(args.fine_tune, special, args.target_mask_prob,
                     corruption=(mask_prob, args.random_prob, args.keep_prob))
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    sampler = None
+    if args.max_tokens_per_batch:
+        sampler = TokenBudgetSampler(lengths, args.max_tokens_per_batch, args.seed)
+        if sampler.over_budget:
+            log.warning("%d examples are longer than --max_tokens_per_batch %d packed; each is a batch of its own",
+                        sampler.over_budget, args.max_tokens_per_batch)
+        batches_per_epoch = len(sampler.epoch(0))
+        per_step = len(examples_all) / batches_per_epoch * args.gradient_accumulation_steps  # on average
+        if args.num_training_steps <= 0:
+            args.num_training_steps = max(1, math.ceil(
+                args.num_training_epochs * batches_per_epoch / args.gradient_accumulation_steps))
     if args.num_training_steps <= 0:
         args.num_training_steps = max(1, math.ceil(args.num_training_epochs * len(examples_all) / per_step))
     settings = {
@@ -386,9 +423,10 @@ def train(args: argparse.Namespace) -> str:
         log.info("resuming from %s at step %d", resume_from, step)
     drop_log_records_after(os.path.join(args.output_dir, "train_log.jsonl"), step)
 
-    log.info("%d %s examples from %s; method %s; %d optimizer steps of %d examples (%d x %d accumulation); "
+    log.info("%d %s examples from %s; method %s; %d optimizer steps of %s examples (%s x %d accumulation); "
              "precision %s on %s; %.1fM parameters", len(examples_all), args.objective, args.train_file,
-             args.fine_tune, args.num_training_steps, per_step, args.per_device_train_batch_size,
+             args.fine_tune, args.num_training_steps, f"{per_step:.4g}" if sampler else per_step,
+             f"<= {args.max_tokens_per_batch} tokens" if sampler else args.per_device_train_batch_size,
              args.gradient_accumulation_steps, args.precision, args.device, model.num_parameters() / 1e6)
     args_path = os.path.join(args.output_dir, "train_args.json")
     with open(args_path + ".tmp", "w") as handle:
@@ -399,8 +437,8 @@ def train(args: argparse.Namespace) -> str:
     log_path = os.path.join(args.output_dir, "train_log.jsonl")
     model.train()
     progress = tqdm(total=args.num_training_steps, initial=step, desc="train", disable=None)
-    new_window = lambda: {"loss": 0.0, "micro": 0, "tokens": 0, "target_tokens": 0, "skipped": 0,
-                          "start": time.perf_counter()}
+    new_window = lambda: {"loss": 0.0, "micro": 0, "tokens": 0, "padded_tokens": 0, "target_tokens": 0,
+                          "skipped": 0, "start": time.perf_counter()}
     window = new_window()
     last_saved = resume_from
     # Non-finite losses: fp16 keeps the GradScaler's path (backward, the scaler sees inf/NaN gradients and skips the
@@ -412,7 +450,11 @@ def train(args: argparse.Namespace) -> str:
         bad_loss = False
         for micro in range(args.gradient_accumulation_steps):
             counter = step * args.gradient_accumulation_steps + micro
-            examples, epoch = micro_batch(examples_all, counter, args.per_device_train_batch_size, args.seed)
+            if sampler is None:
+                examples, epoch = micro_batch(examples_all, counter, args.per_device_train_batch_size, args.seed)
+            else:
+                indices, epoch = sampler(counter)
+                examples = [examples_all[i] for i in indices]
             generator = torch.Generator().manual_seed(args.seed * 1_000_003 + counter)
             pairs: list[Pair] = to_pairs(examples, generator)
             batch = packer(pairs, generator).to(args.device)
@@ -427,6 +469,7 @@ def train(args: argparse.Namespace) -> str:
             if finite or scaler.is_enabled():
                 scaler.scale(loss / args.gradient_accumulation_steps).backward()
             window["tokens"] += batch.num_real_tokens
+            window["padded_tokens"] += batch.input_ids.numel()
             window["target_tokens"] += sum(pair.num_target_tokens for pair in pairs)
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -461,7 +504,8 @@ def train(args: argparse.Namespace) -> str:
                       "loss": round(window["loss"] / window["micro"], 5) if window["micro"] else None,
                       "lr": scheduler.get_last_lr()[0], "grad_norm": round(norm, 4) if math.isfinite(norm) else None,
                       "tokens_per_s": round(window["tokens"] / elapsed, 1),
-                      "target_tokens_per_s": round(window["target_tokens"] / elapsed, 1)}
+                      "target_tokens_per_s": round(window["target_tokens"] / elapsed, 1),
+                      "padding": round(1 - window["tokens"] / max(1, window["padded_tokens"]), 4)}
             if window["skipped"]:
                 record["skipped_steps"] = window["skipped"]
             with open(log_path, "a") as handle:
