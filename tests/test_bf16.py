@@ -1,8 +1,9 @@
 """bf16 autocast on CPU: a few training steps of the tiny model track fp32.
 
-Tolerance: over 8 optimizer steps (pseudo_masked, lr 3e-3, batch 3) every logged bf16 loss is within 0.5 % (relative)
-of the fp32 loss of the same step (measured: at most 0.03 %), and the loss falls in both runs. bf16 keeps 8 mantissa bits (relative rounding
-~0.4 % per operation); master weights and the optimizer stay fp32, so the runs diverge only slowly.
+Tolerance: over 8 optimizer steps (pseudo_masked, lr 3e-3, batch 3) every logged bf16 loss is within 0.5 %
+(relative) of the fp32 loss of the same step (measured: at most 0.03 %), and the loss falls in both runs. bf16 keeps
+8 mantissa bits (relative rounding ~0.4 % per operation); master weights and the optimizer stay fp32, so the runs
+diverge only slowly.
 """
 from __future__ import annotations
 
