@@ -5,7 +5,8 @@ permutation seeded by (seed, e) and the packing of micro-batch c draws from a ge
 ``--objective mass`` the examples are monolingual sentences that become (masked sentence, fragment) pairs just
 before packing, drawing from that same generator (see mass_objective/).
 A resumed run therefore needs only the step counter, the optimizer/scheduler state and the dropout RNG to continue
-exactly where it stopped.
+exactly where it stopped. Under ``torchrun`` every rank packs the same global micro-batch and trains on its own rows
+(s2s_ft/distributed.py), so N ranks at per-device batch b follow 1 process at batch N*b.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from .cache import cache_key, cached_columns
 from .checkpoint import CheckpointError
 from .cli import TrainingStopped, UsageError, run_cli
 from .data import DataError, load_tokenizer, read_pairs, special_ids
+from .distributed import World, init_world, shard_rows
 from .loss import seq2seq_loss
 from .packing import METHODS, Packer, Pair
 
@@ -217,8 +219,8 @@ def prune_checkpoints(output_dir: str, limit: Optional[int], keep: str) -> None:
 
 
 def rng_state() -> dict:
-    """This process's RNG states. Stored under its rank (``RANK``, 0 without DDP) so that a future multi-process run
-    can save and restore one state per rank; today a single process writes ``{"per_rank": {0: ...}}``."""
+    """This process's RNG states, as ``{"per_rank": {RANK: ...}}`` (rank 0 without torchrun); a multi-process run
+    gathers every rank's entry into the checkpoint and each rank restores its own."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -231,6 +233,9 @@ def rng_state() -> dict:
 
 
 def restore_rng(saved: dict) -> None:
+    if "per_rank" in saved and current_rank() not in saved["per_rank"]:  # resumed with more ranks than saved
+        log.warning("no RNG state saved for rank %d; its dropout RNG starts afresh", current_rank())
+        return
     state = saved["per_rank"][current_rank()] if "per_rank" in saved else saved  # older checkpoints: one state
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
@@ -350,10 +355,25 @@ def training_examples(args, tokenizer, special):
 
 
 def train(args: argparse.Namespace) -> str:
-    """Run (or resume) fine-tuning; returns the final checkpoint directory."""
+    """Run (or resume) fine-tuning; returns the final checkpoint directory. Under torchrun (WORLD_SIZE > 1) every
+    rank runs this; see s2s_ft/distributed.py for how the work is shared."""
     args = resolve_args(args)
+    world = init_world(args.device.type == "cuda")
+    try:
+        return _train(args, world)
+    finally:
+        world.close()
+
+
+def _train(args: argparse.Namespace, world: World) -> str:
+    if world.active and args.device.type == "cuda":
+        args.device = torch.device("cuda", world.local_rank)
+    if not world.is_main:  # only rank 0 logs
+        log.setLevel(logging.WARNING)
     os.makedirs(args.output_dir, exist_ok=True)
-    remove_stale_temporaries(args.output_dir)
+    if world.is_main:
+        remove_stale_temporaries(args.output_dir)
+    world.barrier()
     random.seed(args.seed)
     torch.manual_seed(args.seed)
 
@@ -369,11 +389,16 @@ def train(args: argparse.Namespace) -> str:
                          f"vocabulary has {model.config.vocab_size}")
     special = type(special)(**{**asdict(special), "vocab_size": model.config.vocab_size})
 
+    if not world.is_main:
+        world.barrier()  # rank 0 tokenises (and writes the cache) first
     examples_all, to_pairs, lengths = training_examples(args, tokenizer, special)
+    if world.is_main:
+        world.barrier()
     mask_prob = 1.0 - args.random_prob - args.keep_prob
     packer = Packer(args.fine_tune, special, args.target_mask_prob,
                     corruption=(mask_prob, args.random_prob, args.keep_prob))
-    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    global_batch = args.per_device_train_batch_size * world.size  # examples of one micro-batch, all ranks together
+    per_step = global_batch * args.gradient_accumulation_steps
     sampler = None
     if args.max_tokens_per_batch:
         sampler = TokenBudgetSampler(lengths, args.max_tokens_per_batch, args.seed)
@@ -398,6 +423,10 @@ def train(args: argparse.Namespace) -> str:
                             "span_position": args.mass_span_position}
 
     model.to(args.device)
+    world.broadcast_model(model)  # same seed, same weights already; this makes sure of it
+    if world.active:  # dropout: one stream per rank (a resumed run restores each rank's own state below)
+        random.seed(args.seed + world.rank)
+        torch.manual_seed(args.seed + world.rank)
     optimizer, scheduler = make_optimizer(model, args)
     scaler = torch.amp.GradScaler("cuda", enabled=args.precision == "fp16")
     step = 0
@@ -421,22 +450,33 @@ def train(args: argparse.Namespace) -> str:
             raise CheckpointError(f"{resume_from}: cannot resume from it ({first}); move it out of "
                                   f"{args.output_dir} to resume from an earlier checkpoint") from None
         log.info("resuming from %s at step %d", resume_from, step)
-    drop_log_records_after(os.path.join(args.output_dir, "train_log.jsonl"), step)
+    if world.is_main:
+        drop_log_records_after(os.path.join(args.output_dir, "train_log.jsonl"), step)
 
     log.info("%d %s examples from %s; method %s; %d optimizer steps of %s examples (%s x %d accumulation); "
              "precision %s on %s; %.1fM parameters", len(examples_all), args.objective, args.train_file,
              args.fine_tune, args.num_training_steps, f"{per_step:.4g}" if sampler else per_step,
              f"<= {args.max_tokens_per_batch} tokens" if sampler else args.per_device_train_batch_size,
              args.gradient_accumulation_steps, args.precision, args.device, model.num_parameters() / 1e6)
-    args_path = os.path.join(args.output_dir, "train_args.json")
-    with open(args_path + ".tmp", "w") as handle:
-        json.dump({k: str(v) if isinstance(v, torch.device) else v for k, v in vars(args).items()}, handle, indent=2)
-    os.replace(args_path + ".tmp", args_path)
+    if sampler:
+        log.info("effective batch: one token-budget micro-batch (<= %d tokens, ~%.4g examples) shared by %d "
+                 "device(s) x %d accumulation", args.max_tokens_per_batch, per_step / args.gradient_accumulation_steps,
+                 world.size, args.gradient_accumulation_steps)
+    else:
+        log.info("effective batch: %d = %d per device x %d device(s) x %d accumulation", per_step,
+                 args.per_device_train_batch_size, world.size, args.gradient_accumulation_steps)
+    if world.is_main:
+        args_path = os.path.join(args.output_dir, "train_args.json")
+        with open(args_path + ".tmp", "w") as handle:
+            json.dump({k: str(v) if isinstance(v, torch.device) else v for k, v in vars(args).items()}, handle,
+                      indent=2)
+        os.replace(args_path + ".tmp", args_path)
 
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
     log_path = os.path.join(args.output_dir, "train_log.jsonl")
     model.train()
-    progress = tqdm(total=args.num_training_steps, initial=step, desc="train", disable=None)
+    progress = tqdm(total=args.num_training_steps, initial=step, desc="train",
+                    disable=None if world.is_main else True)
     new_window = lambda: {"loss": 0.0, "micro": 0, "tokens": 0, "padded_tokens": 0, "target_tokens": 0,
                           "skipped": 0, "start": time.perf_counter()}
     window = new_window()
@@ -451,26 +491,35 @@ def train(args: argparse.Namespace) -> str:
         for micro in range(args.gradient_accumulation_steps):
             counter = step * args.gradient_accumulation_steps + micro
             if sampler is None:
-                examples, epoch = micro_batch(examples_all, counter, args.per_device_train_batch_size, args.seed)
+                examples, epoch = micro_batch(examples_all, counter, global_batch, args.seed)
             else:
                 indices, epoch = sampler(counter)
                 examples = [examples_all[i] for i in indices]
             generator = torch.Generator().manual_seed(args.seed * 1_000_003 + counter)
             pairs: list[Pair] = to_pairs(examples, generator)
-            batch = packer(pairs, generator).to(args.device)
+            full = packer(pairs, generator)  # every rank packs the whole global micro-batch (same draws) ...
+            # ... and keeps its own rows rank::world
+            batch, weight = shard_rows(full, world.rank, world.size) if world.active else (full, 1.0)
+            batch = batch.to(args.device)
             with torch.autocast(args.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 hidden = model(**batch.model_inputs())
-                loss = seq2seq_loss(model, hidden, batch.labels, args.label_smoothing)
-            finite = bool(torch.isfinite(loss.detach()))
+                if world.active:  # sum over this rank's tokens / global count; the gradients are summed over ranks
+                    loss = seq2seq_loss(model, hidden, batch.labels, args.label_smoothing,
+                                        normalizer=float(full.num_predicted)) * weight
+                else:
+                    loss = seq2seq_loss(model, hidden, batch.labels, args.label_smoothing)
+            reported = world.sum_scalar(loss) if world.active else loss.detach()  # the global mean, on every rank
+            finite = bool(torch.isfinite(reported))
             if finite:
-                window["loss"] += loss.item()
+                window["loss"] += reported.item()
                 window["micro"] += 1
             bad_loss |= not finite
             if finite or scaler.is_enabled():
                 scaler.scale(loss / args.gradient_accumulation_steps).backward()
-            window["tokens"] += batch.num_real_tokens
-            window["padded_tokens"] += batch.input_ids.numel()
+            window["tokens"] += full.num_real_tokens
+            window["padded_tokens"] += full.input_ids.numel()
             window["target_tokens"] += sum(pair.num_target_tokens for pair in pairs)
+        world.sum_gradients(model.parameters())  # once per optimizer step, after accumulation
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         bad = bad_loss or (not scaler.is_enabled() and not bool(torch.isfinite(grad_norm)))
@@ -508,8 +557,9 @@ def train(args: argparse.Namespace) -> str:
                       "padding": round(1 - window["tokens"] / max(1, window["padded_tokens"]), 4)}
             if window["skipped"]:
                 record["skipped_steps"] = window["skipped"]
-            with open(log_path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            if world.is_main:
+                with open(log_path, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
             progress.set_postfix(loss=record["loss"], lr=f"{record['lr']:.2e}")
             log.info("step %d: loss %s, lr %.3e, %.0f tokens/s (%.0f target tokens/s)", step,
                      "n/a" if record["loss"] is None else f"{record['loss']:.4f}", record["lr"],
@@ -522,11 +572,16 @@ def train(args: argparse.Namespace) -> str:
                 raise TrainingStopped(f"step {step}: parameter {poisoned[0]} is not finite; not saved. Last good "
                                       f"checkpoint: {last_saved or 'none'}")
             last_saved = os.path.join(args.output_dir, f"ckpt-{step}")
-            save_training_checkpoint(last_saved, model, args, hf_config, tokenizer, settings, {
-                "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rng_state(), "bad_streak": bad_streak})
-            log.info("saved %s", last_saved)
-            prune_checkpoints(args.output_dir, args.save_total_limit, keep=last_saved)
+            rng = {"per_rank": {r: s for states in world.gather_objects(rng_state()["per_rank"])
+                                for r, s in states.items()}}  # every rank's RNG state, written by rank 0
+            world.barrier()
+            if world.is_main:
+                save_training_checkpoint(last_saved, model, args, hf_config, tokenizer, settings, {
+                    "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "rng": rng, "bad_streak": bad_streak})
+                log.info("saved %s", last_saved)
+                prune_checkpoints(args.output_dir, args.save_total_limit, keep=last_saved)
+            world.barrier()
     progress.close()
     return last_saved
 

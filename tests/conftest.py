@@ -126,16 +126,16 @@ def t5_bucket(rel: int, num_buckets: int, max_distance: int) -> int:
     return ret + min(large, num_buckets - 1)
 
 
-def write_tiny_bert(directory, words, weights: bool = True) -> str:
+def write_tiny_bert(directory, words, weights: bool = True, **config_overrides) -> str:
     """A 2-layer BERT checkpoint dir with a WordPiece tokenizer over ``words`` (config only when ``weights`` is
-    False, for runs that start from scratch)."""
+    False, for runs that start from scratch); ``config_overrides`` go to BertConfig (e.g. dropout 0)."""
     from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True).save_pretrained(directory)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64)
+                        intermediate_size=64, max_position_embeddings=64, **config_overrides)
     if weights:
         torch.manual_seed(0)
         BertForMaskedLM(config).save_pretrained(directory)
