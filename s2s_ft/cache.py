@@ -10,12 +10,15 @@ a warning and rebuilt.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 from typing import Callable, Sequence
 
 import torch
+
+from .fileio import write_atomic
 
 log = logging.getLogger("s2s_ft")
 
@@ -86,9 +89,9 @@ def cached_columns(cache_dir: str, key: dict, num_columns: int,
     columns = build()
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        temporary = f"{path}.{os.getpid()}.tmp"
-        torch.save({"key": json.dumps(key, sort_keys=True), **_encode(columns)}, temporary)
-        os.replace(temporary, path)
+        buffer = io.BytesIO()
+        torch.save({"key": json.dumps(key, sort_keys=True), **_encode(columns)}, buffer)
+        write_atomic(path, buffer.getvalue())
         log.info("saved %d tokenised examples to %s", len(columns[0]), path)
     except OSError as error:  # a cache that cannot be written only costs the next run its tokenisation
         log.warning("could not write the tokenised-feature cache %s (%s)", path, error)

@@ -36,6 +36,10 @@ class World:
         if self.active:
             dist.barrier()
 
+    def shard(self, batch: PackedBatch) -> tuple[PackedBatch, float]:
+        """This rank's rows of the packed global micro-batch and its loss weight (see ``shard_rows``)."""
+        return shard_rows(batch, self.rank, self.size) if self.active else (batch, 1.0)
+
     def sum_scalar(self, value: torch.Tensor) -> torch.Tensor:
         """Sum of a scalar over ranks (the same float on every rank)."""
         if not self.active:

@@ -73,6 +73,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 from .cli import UsageError, run_cli
 from .data import DataError, iter_jsonl
+from .fileio import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -223,11 +224,7 @@ def _write_if_changed(path: str, data: bytes) -> None:
         with open(path, "rb") as handle:
             if handle.read() == data:
                 return
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    write_atomic(path, data)  # a concurrent reader never sees half a file
 
 
 def ensure_wordnet(nltk_data_dir: Optional[str] = None, wordnet_dir: str = DEFAULT_WORDNET_DIR) -> str:

@@ -23,6 +23,7 @@ from . import checkpoint
 from .cli import UsageError, run_cli
 from .data import DataError, iter_jsonl, load_tokenizer, tokenize_sides
 from .decoding import Hypothesis, SearchConfig, Seq2SeqDecoder
+from .fileio import fsync_path, write_atomic
 from .packing import SpecialIds
 
 log = logging.getLogger("s2s_ft")
@@ -84,14 +85,8 @@ def load_decoder(path: str, device: Optional[str] = None, precision: str = "fp32
     return LoadedDecoder(decoder, tokenizer, settings)
 
 
-def write_atomic(path: str, lines: Sequence[str]) -> None:
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(line + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+def write_lines_atomic(path: str, lines: Sequence[str]) -> None:
+    write_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,16 +202,6 @@ def _resume_identity(args: argparse.Namespace, checkpoint_path: str) -> dict:
             "input_sha256": _sha256_file(args.input_file), "settings_sha256": hashlib.sha256(encoded).hexdigest()}
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def decode_resumable(output: str, total: int, chunk: int, decode_range, identity: dict) -> int:
     """Decode lines [0, total) in chunks of ``chunk``; each finished chunk is appended to ``output.partial`` and
     fsynced before ``output.partial.json`` records it. A re-run continues after the last recorded chunk; the
@@ -253,10 +238,10 @@ def decode_resumable(output: str, total: int, chunk: int, decode_range, identity
             os.fsync(handle.fileno())
             size = handle.tell()
         done = end
-        write_atomic(meta_path, [json.dumps({**identity, "lines_done": done, "bytes_done": size,
+        write_lines_atomic(meta_path, [json.dumps({**identity, "lines_done": done, "bytes_done": size,
                                              "total": total})])
     os.replace(partial, output)
-    _fsync_dir(output)
+    fsync_path(os.path.dirname(os.path.abspath(output)))
     os.remove(meta_path)
     return total - start_done
 
@@ -316,7 +301,7 @@ def decode_file(args: argparse.Namespace) -> list[str]:
         if args.resume:
             decode_resumable(output, len(sources), args.resume_chunk, decode_range, _resume_identity(args, path))
         else:
-            write_atomic(output, decode_range(0, len(sources)))
+            write_lines_atomic(output, decode_range(0, len(sources)))
         log.info("wrote %d lines to %s", len(sources), output)
         written.append(output)
     return written

@@ -35,7 +35,8 @@ from .cache import cache_key, cached_columns
 from .checkpoint import CheckpointError
 from .cli import TrainingStopped, UsageError, run_cli
 from .data import DataError, load_tokenizer, read_pairs, special_ids
-from .distributed import World, init_world, shard_rows
+from .distributed import World, init_world
+from .fileio import fsync_path, write_atomic
 from .loss import seq2seq_loss
 from .packing import METHODS, Packer, Pair
 
@@ -250,18 +251,6 @@ def current_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def fsync_path(path: str) -> None:
-    """Flush a file's or a directory's data and metadata to the device."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems cannot fsync a directory
-        if not os.path.isdir(path):
-            raise
-    finally:
-        os.close(fd)
-
-
 def save_training_checkpoint(path: str, model, args, hf_config, tokenizer, settings, training_state) -> None:
     """Write ``path + '.tmp'``, fsync every file and the directory, rename it to ``path``, fsync the parent: after
     a crash at any point the directory is either complete or absent (a leftover ``.tmp`` is never resumed)."""
@@ -293,9 +282,7 @@ def drop_log_records_after(path: str, step: int) -> None:
                     kept.append(line if line.endswith("\n") else line + "\n")
             except (ValueError, KeyError, TypeError):  # a record cut short by a kill
                 continue
-    with open(path + ".tmp", "w") as handle:
-        handle.writelines(kept)
-    os.replace(path + ".tmp", path)
+    write_atomic(path, "".join(kept))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -466,11 +453,8 @@ def _train(args: argparse.Namespace, world: World) -> str:
         log.info("effective batch: %d = %d per device x %d device(s) x %d accumulation", per_step,
                  args.per_device_train_batch_size, world.size, args.gradient_accumulation_steps)
     if world.is_main:
-        args_path = os.path.join(args.output_dir, "train_args.json")
-        with open(args_path + ".tmp", "w") as handle:
-            json.dump({k: str(v) if isinstance(v, torch.device) else v for k, v in vars(args).items()}, handle,
-                      indent=2)
-        os.replace(args_path + ".tmp", args_path)
+        write_atomic(os.path.join(args.output_dir, "train_args.json"), json.dumps(
+            {k: str(v) if isinstance(v, torch.device) else v for k, v in vars(args).items()}, indent=2))
 
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
     log_path = os.path.join(args.output_dir, "train_log.jsonl")
@@ -499,7 +483,7 @@ def _train(args: argparse.Namespace, world: World) -> str:
             pairs: list[Pair] = to_pairs(examples, generator)
             full = packer(pairs, generator)  # every rank packs the whole global micro-batch (same draws) ...
             # ... and keeps its own rows rank::world
-            batch, weight = shard_rows(full, world.rank, world.size) if world.active else (full, 1.0)
+            batch, weight = world.shard(full)
             batch = batch.to(args.device)
             with torch.autocast(args.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 hidden = model(**batch.model_inputs())
@@ -508,7 +492,7 @@ def _train(args: argparse.Namespace, world: World) -> str:
                                         normalizer=float(full.num_predicted)) * weight
                 else:
                     loss = seq2seq_loss(model, hidden, batch.labels, args.label_smoothing)
-            reported = world.sum_scalar(loss) if world.active else loss.detach()  # the global mean, on every rank
+            reported = world.sum_scalar(loss.detach())  # the global mean, on every rank
             finite = bool(torch.isfinite(reported))
             if finite:
                 window["loss"] += reported.item()

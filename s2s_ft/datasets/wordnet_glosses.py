@@ -40,9 +40,10 @@ import json
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ..fileio import write_atomic
 
 DEFAULT_WORDNET_DIR = "/usr/share/wordnet"
 DATA_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
@@ -278,27 +279,11 @@ def build_examples(
 
 # ---------------------------------------------------------------------------------------------- output
 def write_jsonl_atomic(path: str, rows: Iterable[dict]) -> int:
-    """Write ``rows`` as JSON lines to a temporary file next to ``path``, then ``os.replace`` it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o644)  # mkstemp makes it 0600; the result should read like a normal file
-        os.replace(tmp_path, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_path)
-        except OSError:
-            pass
-        raise
-    return n
+    """Write ``rows`` as JSON lines, atomically (see s2s_ft.fileio); returns the number of rows."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
+    write_atomic(path, "".join(lines))
+    return len(lines)
 
 
 def build_dataset(output_dir: str, wordnet_dir: str = DEFAULT_WORDNET_DIR, **kwargs) -> Dict[str, int]:
