@@ -35,6 +35,10 @@ How the target is fed is the packer's business (``--fine_tune``), exactly as in 
 Special cases: k = 1 is masked-LM of one token (its only target token reads the start token and the corrupted
 source); k = m is a left-to-right LM conditioned on a fully corrupted source (all [MASK] with split (1, 0, 0)).
 
+``MassConfig.full_target`` (``--mass_full_target``) instead feeds the paper's full-length decoder input: all m
+positions, [MASK] outside the fragment, loss on the fragment only. Same predictions, about twice the target-part
+compute; it exists to measure the saving of the default.
+
 Not reproduced: MASS-unsupNMT also hides the encoder's [MASK] positions from the decoder's cross-attention
 (``enc_mask``); here target tokens attend to the whole source, [MASK]s included, by the one attention rule.
 
@@ -63,6 +67,10 @@ class MassConfig:
     ratio: float = 0.5
     mask_keep_rand: tuple[float, float, float] = (0.8, 0.1, 0.1)  # (mask, keep, rand), MASS's order
     span_position: str = "uniform"
+    # Feed the whole sentence to the target part ([MASK] outside the fragment, loss on the fragment only): the MASS
+    # paper's padded decoder. Off by default -- it costs ~2x the target compute for the same predictions; it exists
+    # for the throughput comparison in benchmarks/mass_low_resource.py.
+    full_target: bool = False
 
     def __post_init__(self):
         if not 0 < self.ratio <= 1:
@@ -119,6 +127,13 @@ def mass_pair(sentence: Sequence[int], special: SpecialIds, config: MassConfig,
     p_mask, _, p_random = config.mask_keep_rand
     source = tokens[:u] + [corrupt_token(t, p_mask, p_random, special, generator) for t in fragment] \
         + tokens[u + k:]
+    if config.full_target:
+        # every sentence position is a target token; outside the fragment the decoder reads [MASK] and predicts
+        # nothing, so with causal packing fragment token 0 reads [MASK] as in the paper's "[M] x3 x4 x5"
+        target = [special.mask] * u + fragment + [special.mask] * (m - u - k)
+        predicted = [False] * u + [True] * k + [False] * (m - u - k)
+        return Pair(source=source, target=target, target_positions=[LEADING_SPECIALS + i for i in range(m)],
+                    close_target=False, predicted=predicted)
     positions = [LEADING_SPECIALS + u + j for j in range(k)]
     return Pair(source=source, target=fragment, target_positions=positions, close_target=False)
 

@@ -76,11 +76,19 @@ class Pair:
     target_positions: Optional[list[int]] = None
     # Append (and predict) the closing [SEP]. MASS pre-training turns it off: only the fragment is predicted.
     close_target: bool = True
+    # Which packed target tokens are predicted (one flag per packed target token); None means all. A False token is
+    # still fed (and attended to) but carries no label: MASS's full-length decoder feeds [MASK] outside the fragment.
+    predicted: Optional[list[bool]] = None
 
     @property
     def num_target_tokens(self) -> int:
         """Target tokens the packer lays out (and predicts), the closing [SEP] included when there is one."""
         return len(self.target) + int(self.close_target)
+
+    @property
+    def num_predicted_targets(self) -> int:
+        """Target tokens that are predicted: all of them unless ``predicted`` marks fillers (MASS full target)."""
+        return self.num_target_tokens if self.predicted is None else sum(self.predicted)
 
 
 @dataclass
@@ -179,17 +187,23 @@ class Packer:
         positions = pair.target_positions or [n_src + i for i in range(len(target))]
         if len(positions) != len(target):
             raise ValueError(f"{len(positions)} target positions for {len(target)} target tokens")
+        predicted = pair.predicted if pair.predicted is not None else [True] * len(target)
+        if len(predicted) != len(target):
+            raise ValueError(f"{len(predicted)} predicted flags for {len(target)} target tokens")
         segment = sp.target_type
+
+        def label(i: int) -> int:
+            return target[i] if predicted[i] else IGNORE_INDEX
 
         if self.method == "causal":
             inputs = [sp.start, *target[:-1]]
-            for i, (token, label) in enumerate(zip(inputs, target)):
-                row.add(token, positions[i], segment, real_target_ranks(i), label)
+            for i, token in enumerate(inputs):
+                row.add(token, positions[i], segment, real_target_ranks(i), label(i))
         elif self.method == "masked":
             count = min(len(target), max(1, round(len(target) * self.target_mask_prob)))
             chosen = set(torch.randperm(len(target), generator=generator)[:count].tolist())
             for i, token in enumerate(target):
-                if i in chosen:
+                if i in chosen and predicted[i]:
                     row.add(self._corrupt(token, generator), positions[i], segment, real_target_ranks(i), token)
                 else:
                     row.add(token, positions[i], segment, real_target_ranks(i))
@@ -199,7 +213,7 @@ class Packer:
                 row.add(self._corrupt(token, generator) if dropped else token, positions[i], segment,
                         real_target_ranks(i))
             for i, token in enumerate(target):
-                row.add(self._corrupt(token, generator), positions[i], segment, pseudo_ranks(i), token)
+                row.add(self._corrupt(token, generator), positions[i], segment, pseudo_ranks(i), label(i))
         return row
 
     # -- a batch -------------------------------------------------------------------------------------------------

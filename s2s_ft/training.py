@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--mass_span_position", default="uniform", choices=SPAN_POSITIONS,
         help="mass: fragment start uniform over valid starts, or the MASS code's scheme (20%% pinned at the start, "
              "20%% at the end, else uniform)")
+    add("--mass_full_target", action="store_true",
+        help="mass: feed all sentence positions to the target part ([MASK] outside the fragment, loss on the "
+             "fragment only) like the MASS paper's decoder; slower, for comparison (default: fragment only)")
     # optimisation
     add("--per_device_train_batch_size", "--per_gpu_train_batch_size", dest="per_device_train_batch_size",
         type=int, default=8)
@@ -168,7 +171,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.objective == "mass":
         try:
             args.mass_mask_keep_rand = list(parse_mask_keep_rand(str(args.mass_mask_keep_rand)))
-            MassConfig(args.mass_ratio, tuple(args.mass_mask_keep_rand), args.mass_span_position)
+            MassConfig(args.mass_ratio, tuple(args.mass_mask_keep_rand), args.mass_span_position,
+                       args.mass_full_target)
         except ValueError as error:
             raise UsageError(f"--mass_*: {error}") from None
     args.tokenizer_name = args.tokenizer_name or args.model_name_or_path or (
@@ -334,9 +338,12 @@ def training_examples(args, tokenizer, special):
         return pairs, lambda examples, generator: examples, lengths
     (sentences,) = cached_columns(cache_dir, key, 1, lambda: [read_sentences(
         args.train_file, tokenizer, args.max_source_seq_length - 2, skip_bad_lines=args.skip_bad_lines)[0]])
-    config = MassConfig(args.mass_ratio, tuple(args.mass_mask_keep_rand), args.mass_span_position)
-    # a MASS pair: the sentence (same length) as the source, a fragment of fragment_length tokens, no closing [SEP]
-    lengths = [packed_length(Pair([0] * len(s), [0] * fragment_length(len(s), config.ratio), close_target=False),
+    config = MassConfig(args.mass_ratio, tuple(args.mass_mask_keep_rand), args.mass_span_position,
+                        args.mass_full_target)
+    # a MASS pair: the sentence (same length) as the source, a fragment of fragment_length tokens (or the whole
+    # sentence with --mass_full_target) as the target, no closing [SEP]
+    lengths = [packed_length(Pair([0] * len(s), [0] * (len(s) if config.full_target else
+                                                       fragment_length(len(s), config.ratio)), close_target=False),
                              args.fine_tune) for s in sentences]
     return sentences, lambda examples, generator: mass_pairs(examples, special, config, generator), lengths
 
@@ -407,7 +414,7 @@ def _train(args: argparse.Namespace, world: World) -> str:
     }
     if args.objective == "mass":
         settings["mass"] = {"ratio": args.mass_ratio, "mask_keep_rand": list(args.mass_mask_keep_rand),
-                            "span_position": args.mass_span_position}
+                            "span_position": args.mass_span_position, "full_target": args.mass_full_target}
 
     model.to(args.device)
     world.broadcast_model(model)  # same seed, same weights already; this makes sure of it
@@ -502,7 +509,7 @@ def _train(args: argparse.Namespace, world: World) -> str:
                 scaler.scale(loss / args.gradient_accumulation_steps).backward()
             window["tokens"] += full.num_real_tokens
             window["padded_tokens"] += full.input_ids.numel()
-            window["target_tokens"] += sum(pair.num_target_tokens for pair in pairs)
+            window["target_tokens"] += sum(pair.num_predicted_targets for pair in pairs)
         world.sum_gradients(model.parameters())  # once per optimizer step, after accumulation
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)

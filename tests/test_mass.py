@@ -192,6 +192,31 @@ def test_labels_exactly_at_the_fragment(method):
             assert seen == expected
 
 
+@pytest.mark.parametrize("method", ["causal", "pseudo_masked"])
+def test_full_length_target_feeds_masks_and_predicts_only_the_fragment(method):
+    """--mass_full_target (the paper's padded decoder): the same draws give the same source and the same labelled
+    fragment; the target part additionally holds [MASK] fillers at every other sentence position, unlabelled."""
+    sentences = [sentence_of(m) for m in (3, 12, 7, 1, 20)]
+    short = mass_pairs(sentences, SPECIAL, MassConfig(), torch.Generator().manual_seed(8))
+    full = mass_pairs(sentences, SPECIAL, MassConfig(full_target=True), torch.Generator().manual_seed(8))
+    short_batch = Packer(method, SPECIAL, corrupt=False)(short)
+    full_batch = Packer(method, SPECIAL, corrupt=False)(full)
+    assert full_batch.num_predicted == short_batch.num_predicted == sum(len(p.target) for p in short)
+    for b, (sentence, fragment_pair, pair) in enumerate(zip(sentences, short, full)):
+        m, (u, k) = len(sentence), span_of(fragment_pair)
+        assert pair.source == fragment_pair.source
+        assert pair.target == [MASK] * u + sentence[u:u + k] + [MASK] * (m - u - k)
+        assert pair.target_positions == list(range(1, m + 1)) and pair.num_predicted_targets == k
+        n_src = m + 2
+        first = n_src if method == "causal" else n_src + m
+        labels = full_batch.labels[b].tolist()
+        assert labels[first + u:first + u + k] == sentence[u:u + k]
+        assert all(label == IGNORE_INDEX for i, label in enumerate(labels) if not first + u <= i < first + u + k)
+        assert full_batch.position_ids[b, first:first + m].tolist() == list(range(1, m + 1))
+        if method == "causal":  # fragment token 0 reads the [MASK] before it (or the start token at u = 0)
+            assert full_batch.input_ids[b, first + u] == (MASK if u else SPECIAL.start)
+
+
 def test_closing_token_is_still_appended_by_default():
     from s2s_ft.packing import Pair
 
@@ -295,7 +320,8 @@ def test_mass_pretraining_resumes_exactly_and_fine_tunes(tiny_config_dir, mono_f
     ckpt = out / "ckpt-4"
     settings = json.load(open(ckpt / "s2s_ft_settings.json"))
     assert settings["objective"] == "mass" and settings["fine_tune"] == "causal"
-    assert settings["mass"] == {"ratio": 0.5, "mask_keep_rand": [0.8, 0.1, 0.1], "span_position": "mass"}
+    assert settings["mass"] == {"ratio": 0.5, "mask_keep_rand": [0.8, 0.1, 0.1], "span_position": "mass",
+                                "full_target": False}
     log = [json.loads(line) for line in open(out / "train_log.jsonl")]
     assert len(log) == 4 and all(r["loss"] > 0 for r in log)
 
@@ -337,6 +363,19 @@ def test_mass_pseudo_masked_loss_falls(tiny_config_dir, mono_file, tmp_path):
     log = [json.loads(line) for line in open(out / "train_log.jsonl")]
     first, last = sum(r["loss"] for r in log[:5]) / 5, sum(r["loss"] for r in log[-5:]) / 5
     assert last < first, (first, last)
+
+
+def test_full_target_pretraining_runs_and_counts_only_fragment_tokens(tiny_config_dir, mono_file, tmp_path):
+    runs = {}
+    for name, extra in (("short", []), ("full", ["--mass_full_target"])):
+        out = tmp_path / name
+        assert training.main(mass_args(tiny_config_dir, mono_file, out, "--fine_tune", "causal",
+                                       "--num_training_steps", "3", "--save_steps", "3", *extra)) == 0
+        runs[name] = [json.loads(line) for line in open(out / "train_log.jsonl")]
+        assert json.load(open(out / "ckpt-3" / "s2s_ft_settings.json"))["mass"]["full_target"] == (name == "full")
+    for short, full in zip(runs["short"], runs["full"]):
+        # same sentences and spans: the same predicted tokens, more tokens laid out with the full-length target
+        assert short["target_tokens_per_s"] / short["tokens_per_s"] > full["target_tokens_per_s"] / full["tokens_per_s"]
 
 
 def test_bad_mass_flags_are_one_line_errors(tiny_config_dir, mono_file, tmp_path, capsys):
