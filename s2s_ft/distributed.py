@@ -5,12 +5,17 @@ batch) with the same (seed, counter) generator, so corruption draws are those of
 rows ``rank::world`` (padding columns stay: padding is invisible to real tokens). Each rank's loss is the SUM of
 its token losses divided by the GLOBAL number of predicted tokens; gradients are summed over ranks once per
 optimizer step (after accumulation), so they equal the single-process gradient of the global micro-batches.
+
+Decoding (``s2s_ft/inference.py``) cuts the length-sorted batches exactly as one process would, decodes batches
+``rank::world`` on each rank and gathers the rendered lines to rank 0, which writes the output file.
+
 Without ``WORLD_SIZE`` > 1 nothing here does anything.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -74,6 +79,22 @@ class World:
         gathered = [None] * self.size
         dist.all_gather_object(gathered, obj)
         return gathered
+
+    def gather_to_main(self, obj) -> Optional[list]:
+        """Every rank's ``obj`` in rank order on rank 0; None on the other ranks."""
+        if not self.active:
+            return [obj]
+        gathered = [None] * self.size if self.is_main else None
+        dist.gather_object(obj, gathered, dst=0)
+        return gathered
+
+    def broadcast_object(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if not self.active:
+            return obj
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
 
     def close(self) -> None:
         if self.active and dist.is_initialized():

@@ -23,6 +23,7 @@ from . import checkpoint
 from .cli import UsageError, run_cli
 from .data import DataError, iter_jsonl, load_tokenizer, tokenize_sides
 from .decoding import Hypothesis, SearchConfig, Seq2SeqDecoder
+from .distributed import World, init_world
 from .fileio import fsync_path, write_atomic
 from .packing import SpecialIds
 
@@ -53,14 +54,20 @@ class LoadedDecoder:
         return self.tokenizer.decode(list(tokens), skip_special_tokens=True,
                                      clean_up_tokenization_spaces=False).strip()
 
-    def decode_ids(self, sources: Sequence[Sequence[int]], config: SearchConfig,
-                   batch_size: int = 32, progress: bool = False) -> list[list[Hypothesis]]:
-        """Hypotheses per source in input order; batches are formed from length-sorted sources."""
+    def decode_ids(self, sources: Sequence[Sequence[int]], config: SearchConfig, batch_size: int = 32,
+                   progress: bool = False, shard: tuple[int, int] = (0, 1)) -> list[Optional[list[Hypothesis]]]:
+        """Hypotheses per source in input order; batches are formed from length-sorted sources.
+
+        ``shard=(rank, world)`` decodes only batches rank, rank + world, ... (the other entries stay None). The
+        batches are cut before sharding, so every batch is exactly what a single process decodes: the ranks'
+        results together are a single process's results, bit for bit.
+        """
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
+        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        mine = batches[shard[0]::shard[1]]
         results: list[Optional[list[Hypothesis]]] = [None] * len(sources)
-        bar = tqdm(total=len(sources), desc="decode", disable=not progress or None)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+        bar = tqdm(total=sum(map(len, mine)), desc="decode", disable=not progress or None)
+        for chunk in mine:
             for index, hyps in zip(chunk, self.decoder.generate([sources[i] for i in chunk], config)):
                 results[index] = hyps
             bar.update(len(chunk))
@@ -90,7 +97,11 @@ def write_lines_atomic(path: str, lines: Sequence[str]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Decode with a fine-tuned checkpoint (s2s-ft compatible flags).")
+    p = argparse.ArgumentParser(
+        description="Decode with a fine-tuned checkpoint (s2s-ft compatible flags). Under torchrun "
+                    "(--nproc_per_node N) the length-sorted batches are shared round-robin between the N "
+                    "processes, rank 0 gathers the lines and writes the one output file; it is identical to a "
+                    "single process's. --device cuda uses cuda:LOCAL_RANK.")
     add = p.add_argument
     add("--model_path", required=True, help="checkpoint dir, or a glob of them (each is decoded)")
     add("--input_file", required=True, help="JSONL with a \"src\" field (string or word-piece list)")
@@ -115,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a malformed input line is counted and gets an empty output line (output stays aligned with input)")
     add("--resume", action="store_true",
         help="decode in chunks, appending finished lines to OUTPUT.partial (fsynced, progress in "
-             "OUTPUT.partial.json); re-running with --resume continues where a killed run stopped")
+             "OUTPUT.partial.json); re-running with --resume continues where a killed run stopped, also with "
+             "another number of torchrun processes (the output does not depend on it)")
     add("--resume_chunk", type=int, default=1000, help="with --resume: input lines per durable chunk")
     add("--log_level", default="INFO")
     return p
@@ -202,10 +214,9 @@ def _resume_identity(args: argparse.Namespace, checkpoint_path: str) -> dict:
             "input_sha256": _sha256_file(args.input_file), "settings_sha256": hashlib.sha256(encoded).hexdigest()}
 
 
-def decode_resumable(output: str, total: int, chunk: int, decode_range, identity: dict) -> int:
-    """Decode lines [0, total) in chunks of ``chunk``; each finished chunk is appended to ``output.partial`` and
-    fsynced before ``output.partial.json`` records it. A re-run continues after the last recorded chunk; the
-    partial file is renamed to ``output`` when complete. Returns the number of lines decoded by this call."""
+def _resume_point(output: str, total: int, identity: dict) -> tuple[int, int]:
+    """(lines, bytes) already durable in ``output.partial``, after checking that they belong to this run; the
+    partial file is cut back to the recorded length (or created empty)."""
     partial, meta_path = output + ".partial", output + ".partial.json"
     done, size = 0, 0
     if os.path.isfile(meta_path) and os.path.isfile(partial):
@@ -228,33 +239,73 @@ def decode_resumable(output: str, total: int, chunk: int, decode_range, identity
         log.warning("%s: incomplete progress files without their partner; starting over", partial)
     with open(partial, "r+b" if done else "wb") as handle:
         handle.truncate(size)  # drop lines appended after the last recorded chunk
+    return done, size
+
+
+def decode_resumable(output: str, total: int, chunk: int, decode_range, identity: dict,
+                     world: Optional[World] = None) -> int:
+    """Decode lines [0, total) in chunks of ``chunk``; each finished chunk is appended to ``output.partial`` and
+    fsynced before ``output.partial.json`` records it. A re-run continues after the last recorded chunk; the
+    partial file is renamed to ``output`` when complete. Returns the number of lines decoded by this call.
+
+    Under torchrun every rank calls ``decode_range`` (it returns the lines on rank 0 only) and rank 0 alone reads
+    and writes the files."""
+    partial, meta_path = output + ".partial", output + ".partial.json"
+    world = world or World()
+    start = None
+    if world.is_main:
+        try:
+            start = _resume_point(output, total, identity)
+        except Exception as error:  # handed to every rank, so that all of them stop with rank 0's error
+            start = error
+    start = world.broadcast_object(start)
+    if isinstance(start, Exception):
+        raise start
+    done, size = start
     start_done = done
     while done < total:
         end = min(total, done + chunk)
         lines = decode_range(done, end)
-        with open(partial, "ab") as handle:
-            handle.write("".join(line + "\n" for line in lines).encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-            size = handle.tell()
+        if world.is_main:
+            with open(partial, "ab") as handle:
+                handle.write("".join(line + "\n" for line in lines).encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+                size = handle.tell()
+            write_lines_atomic(meta_path, [json.dumps({**identity, "lines_done": end, "bytes_done": size,
+                                                 "total": total})])
         done = end
-        write_lines_atomic(meta_path, [json.dumps({**identity, "lines_done": done, "bytes_done": size,
-                                             "total": total})])
-    os.replace(partial, output)
-    fsync_path(os.path.dirname(os.path.abspath(output)))
-    os.remove(meta_path)
+    if world.is_main:
+        os.replace(partial, output)
+        fsync_path(os.path.dirname(os.path.abspath(output)))
+        os.remove(meta_path)
     return total - start_done
 
 
 def decode_file(args: argparse.Namespace) -> list[str]:
+    """Decode ``args.input_file`` with each checkpoint of ``args.model_path``; returns the output paths. Under
+    torchrun (WORLD_SIZE > 1) every rank runs this and decodes its share of the batches; rank 0 writes."""
     check_decode_args(args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    world = init_world(device.type == "cuda")
+    try:
+        if world.active and device.type == "cuda":
+            device = torch.device("cuda", world.local_rank)
+        if not world.is_main:  # only rank 0 logs progress
+            log.setLevel(logging.WARNING)
+        return _decode_file(args, device, world)
+    finally:
+        world.close()
+
+
+def _decode_file(args: argparse.Namespace, device: torch.device, world: World) -> list[str]:
     paths = sorted(glob.glob(args.model_path)) if any(c in args.model_path for c in "*?[") else [args.model_path]
     if not paths:
         raise DataError(f"{args.model_path}: no checkpoint matches")
     sources, numbers = read_sources(args.input_file, args.skip_bad_lines)
     written = []
     for path in paths:
-        loaded = load_decoder(path, args.device, "fp16" if args.fp16 else args.precision)
+        loaded = load_decoder(path, str(device), "fp16" if args.fp16 else args.precision)
         max_tgt = args.max_tgt_length or int(loaded.settings["max_target_seq_length"])
         if args.min_len > max_tgt:
             raise UsageError(f"--min_len {args.min_len} exceeds the target length {max_tgt}")
@@ -290,18 +341,28 @@ def decode_file(args: argparse.Namespace) -> list[str]:
             return json.dumps({"hyps": [{"text": loaded.text(h.tokens), "score": h.score, "log_prob": h.log_prob,
                                          "finished": h.finished} for h in hyps or []]}, ensure_ascii=False)
 
-        def decode_range(start: int, end: int) -> list[str]:
-            """Output lines start..end-1 in input order; a skipped line's output is empty ("" / no hyps)."""
+        def decode_range(start: int, end: int) -> Optional[list[str]]:
+            """Output lines start..end-1 in input order (on rank 0; None on the others); a skipped line's output is
+            empty ("" / no hyps)."""
             chosen = [i for i in range(start, end) if ids[i] is not None]
-            results = dict(zip(chosen, loaded.decode_ids([ids[i] for i in chosen], config, args.batch_size,
-                                                         progress=not args.resume)))
-            return [render(results.get(i)) for i in range(start, end)]
+            hyps = loaded.decode_ids([ids[i] for i in chosen], config, args.batch_size,
+                                     progress=world.is_main and not args.resume, shard=(world.rank, world.size))
+            # Each rank renders its own lines (detokenising is work too) and sends only those to rank 0.
+            mine = {i: render(h) for i, h in zip(chosen, hyps) if h is not None}
+            shares = world.gather_to_main(mine)
+            if not world.is_main:
+                return None
+            lines = {i: line for share in shares for i, line in share.items()}
+            return [lines.get(i, render(None)) for i in range(start, end)]
 
         output = args.output_file if len(paths) == 1 else f"{args.output_file}.{os.path.basename(path.rstrip('/'))}"
         if args.resume:
-            decode_resumable(output, len(sources), args.resume_chunk, decode_range, _resume_identity(args, path))
+            decode_resumable(output, len(sources), args.resume_chunk, decode_range, _resume_identity(args, path),
+                             world)
         else:
-            write_lines_atomic(output, decode_range(0, len(sources)))
+            lines = decode_range(0, len(sources))
+            if world.is_main:
+                write_lines_atomic(output, lines)
         log.info("wrote %d lines to %s", len(sources), output)
         written.append(output)
     return written

@@ -34,14 +34,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(args, nproc: int = 2) -> None:
+def launch(script: str, args, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --nproc_per_node NPROC ROOT/SCRIPT ARGS`` on CPU (gloo), one thread per
+    rank; asserts success."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-               "127.0.0.1", "--master_port", str(free_port()), str(ROOT / "run_seq2seq.py"), "--no_cuda", *args]
+               "127.0.0.1", "--master_port", str(free_port()), str(ROOT / script), *args]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     return done
+
+
+def torchrun(args, nproc: int = 2) -> subprocess.CompletedProcess:
+    return launch("run_seq2seq.py", ["--no_cuda", *args], nproc)
 
 
 def weights(ckpt):
