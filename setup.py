@@ -23,6 +23,6 @@ setup(
     ],
     extras_require={
         "test": ["pytest"],
-        "eval": ["rouge-score", "sacrebleu", "nltk"],
+        "eval": ["rouge-score", "sacrebleu", "nltk", "matplotlib"],
     },
 )

@@ -62,6 +62,7 @@ Python::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -69,15 +70,18 @@ import shutil
 import sys
 import tempfile
 import warnings
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .cli import UsageError, run_cli
 from .data import DataError, iter_jsonl
+from .data import _check_side as check_side
 from .fileio import write_atomic
 
 log = logging.getLogger(__name__)
 
 METRICS = ("rouge", "bleu", "meteor")
+SCORES = {"rouge": ("rouge1", "rouge2", "rougeL"), "bleu": ("bleu", "bleu4_tok"), "meteor": ("meteor",)}  # keys
+METRIC_KEYS = tuple(key for keys in SCORES.values() for key in keys)
 DEFAULT_WORDNET_DIR = "/usr/share/wordnet"
 NLTK_DATA_ENV = "S2S_FT_NLTK_DATA"
 WORDNET_DATA_FILES = ("data.noun", "data.verb", "data.adj", "data.adv",
@@ -209,6 +213,11 @@ def score(hyps: Sequence[str], refs: Sequence[Sequence[str]], metrics: Iterable[
     return result
 
 
+def metric_family(key: str) -> str:
+    """The ``--metrics`` entry that produces score ``key`` (``rougeL`` -> ``rouge``)."""
+    return next(family for family, keys in SCORES.items() if key in keys)
+
+
 # -- WordNet for nltk, from Debian's wordnet-base ---------------------------------------------------------------
 def default_nltk_data_dir() -> str:
     return os.environ.get(NLTK_DATA_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "s2s_ft", "nltk_data")
@@ -308,22 +317,35 @@ def read_hypotheses(path: str) -> List[str]:
     return [line.strip() for line in _text_lines(path)]
 
 
+def record_references(path: str, number: int, record: dict) -> List[str]:
+    """The references of one JSONL record: ``refs`` (all of them) when present, else ``[tgt]``."""
+    if "refs" in record:
+        refs = record["refs"]
+        if not isinstance(refs, list) or not refs:
+            raise DataError(f"{path}:{number}: \"refs\" must be a non-empty list of references")
+        return [_reference_text(path, number, r, "each of \"refs\"") for r in refs]
+    if "tgt" in record:
+        return [_reference_text(path, number, record["tgt"], "\"tgt\"")]
+    raise DataError(f"{path}:{number}: expected \"tgt\" (or \"refs\")")
+
+
 def read_references(path: str) -> List[List[str]]:
     """Per example, its references: JSONL ``refs`` (else ``[tgt]``) for ``.jsonl``, else one line each."""
     if not path.endswith(".jsonl"):
         return [[line.strip()] for line in _text_lines(path)]
-    examples = []
-    for number, record in iter_jsonl(path):
-        if "refs" in record:
-            refs = record["refs"]
-            if not isinstance(refs, list) or not refs:
-                raise DataError(f"{path}:{number}: \"refs\" must be a non-empty list of references")
-            examples.append([_reference_text(path, number, r, "each of \"refs\"") for r in refs])
-        elif "tgt" in record:
-            examples.append([_reference_text(path, number, record["tgt"], "\"tgt\"")])
-        else:
-            raise DataError(f"{path}:{number}: expected \"tgt\" (or \"refs\")")
-    return examples
+    return [record_references(path, number, record) for number, record in iter_jsonl(path)]
+
+
+def read_dev_examples(path: str, max_examples: Optional[int] = None) -> Tuple[List, List[List[str]], List[int]]:
+    """(sources, references, line numbers) of the first ``max_examples`` records (all when None) of a JSONL dev
+    file: ``src`` as the training data has it (string or word-piece list), references as ``read_references``
+    reads them. Only the records used are read, and any problem in them stops with ``FILE:LINE``."""
+    sources, refs, numbers = [], [], []
+    for number, record in itertools.islice(iter_jsonl(path), max_examples):
+        sources.append(check_side(path, number, record, "src"))
+        refs.append(record_references(path, number, record))
+        numbers.append(number)
+    return sources, refs, numbers
 
 
 def format_table(scores: Dict[str, float]) -> str:

@@ -7,6 +7,10 @@ before packing, drawing from that same generator (see mass_objective/).
 A resumed run therefore needs only the step counter, the optimizer/scheduler state and the dropout RNG to continue
 exactly where it stopped. Under ``torchrun`` every rank packs the same global micro-batch and trains on its own rows
 (s2s_ft/distributed.py), so N ranks at per-device batch b follow 1 process at batch N*b.
+
+With ``--eval_file`` the live model decodes a fixed dev sample every ``--eval_steps`` (``DevEvaluator``); the scores
+go to eval_log.jsonl and the best model so far to ``output_dir/best/``. Evaluation puts every RNG state back, so
+it does not change what is trained. At the end, the logs are plotted to training_curves.png (s2s_ft/plotting.py).
 """
 from __future__ import annotations
 
@@ -29,14 +33,16 @@ from tqdm.auto import tqdm
 from mass_objective import (SPAN_POSITIONS, MassConfig, fragment_length, mass_pairs, parse_mask_keep_rand,
                             read_sentences)
 
-from . import checkpoint
+from . import checkpoint, evaluate, plotting
 from .batching import TokenBudgetSampler, packed_length
 from .cache import cache_key, cached_columns
 from .checkpoint import CheckpointError
 from .cli import TrainingStopped, UsageError, run_cli
 from .data import DataError, load_tokenizer, read_pairs, special_ids
+from .decoding import Seq2SeqDecoder
 from .distributed import World, init_world
 from .fileio import fsync_path, write_atomic
+from .inference import AUTOCAST_DTYPES, LoadedDecoder
 from .loss import seq2seq_loss
 from .packing import METHODS, Packer, Pair
 
@@ -46,7 +52,8 @@ OBJECTIVES = ("seq2seq", "mass")
 MASK_WAY_ALIASES = {"v0": "causal", "v1": "masked", "v2": "pseudo_masked"}  # s2s-ft's --mask_way names
 TRAINING_STATE = "training_state.pt"
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d+)$")
-TEMPORARY_PATTERN = re.compile(r"^ckpt-\d+\..*tmp$")
+BEST_DIR, BEST_JSON, EVAL_LOG = "best", "best.json", "eval_log.jsonl"
+TEMPORARY_PATTERN = re.compile(r"^(ckpt-\d+|best)\..*tmp$")
 # Test hooks (tests/test_crash_resume.py) that widen the windows in which a SIGKILL lands: seconds to sleep between
 # writing ckpt-STEP.tmp and renaming it ("SECONDS" for every save, "SECONDS@STEP" for one), and after every step.
 SAVE_DELAY_ENV, STEP_DELAY_ENV = "S2S_FT_TEST_SAVE_DELAY", "S2S_FT_TEST_STEP_DELAY"
@@ -120,6 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_bad_steps", type=int, default=10,
         help="stop after this many consecutive steps with a non-finite loss or gradient (each is skipped)")
     add("--logging_steps", type=int, default=50)
+    # evaluation during training
+    add("--eval_file", default=None,
+        help="JSONL dev file ({\"src\": ..., \"tgt\": ...}, optionally \"refs\": [all references]): decode a "
+             "fixed sample of it every --eval_steps, log the scores to eval_log.jsonl, keep the best model in best/")
+    add("--eval_steps", type=int, default=None, help="evaluate every N optimizer steps and at the end "
+                                                      "(default: --save_steps)")
+    add("--eval_max_examples", type=int, default=200, help="the first N records of --eval_file (0: all)")
+    add("--eval_metric", default="rougeL", choices=evaluate.METRIC_KEYS,
+        help="the score (higher is better) that picks the best checkpoint")
+    add("--eval_metrics", default="rouge,bleu",
+        help="metric families computed and logged (of rouge,bleu,meteor; --eval_metric's is always added). "
+             "METEOR is slow and needs WordNet")
+    add("--eval_beam_size", type=int, default=1)
+    add("--eval_max_tgt_length", type=int, default=None, help="default: --max_target_seq_length")
+    add("--eval_batch_size", type=int, default=32, help="sources per decoding batch")
     add("--seed", type=int, default=42)
     add("--precision", default=None, choices=("fp32", "bf16", "fp16"), help="torch.autocast mixed precision")
     add("--fp16", action="store_true", help="alias of --precision fp16 (apex is not used)")
@@ -151,12 +173,24 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise CheckpointError(f"{args.model_name_or_path}: checkpoint directory not found (--model_name_or_path)")
     if not 0 <= args.random_prob + args.keep_prob <= 1:
         raise UsageError("--random_prob + --keep_prob must lie in [0, 1]")
+    args.eval_steps = args.save_steps if args.eval_steps is None else args.eval_steps
+    args.eval_max_tgt_length = args.max_target_seq_length if args.eval_max_tgt_length is None \
+        else args.eval_max_tgt_length
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps",
-                 "max_bad_steps"):
+                 "max_bad_steps", "eval_steps", "eval_beam_size", "eval_max_tgt_length", "eval_batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.max_tokens_per_batch is not None and args.max_tokens_per_batch < 1:
         raise UsageError(f"--max_tokens_per_batch must be >= 1, got {args.max_tokens_per_batch}")
+    if args.eval_max_examples < 0:
+        raise UsageError(f"--eval_max_examples must be >= 0 (0: all), got {args.eval_max_examples}")
+    if args.eval_file is not None and args.objective != "seq2seq":
+        raise UsageError("--eval_file scores generated targets; it needs --objective seq2seq")
+    families = {m.strip().lower() for m in args.eval_metrics.split(",") if m.strip()}
+    if not families <= set(evaluate.METRICS):
+        raise UsageError(f"--eval_metrics {args.eval_metrics}: choose from {','.join(evaluate.METRICS)}")
+    families.add(evaluate.metric_family(args.eval_metric))
+    args.eval_metrics = ",".join(m for m in evaluate.METRICS if m in families)
     if args.save_total_limit is not None and args.save_total_limit < 1:
         raise UsageError(f"--save_total_limit must be >= 1, got {args.save_total_limit}")
     if args.num_training_steps == 0 or (args.num_training_steps < 0 and args.num_training_epochs <= 0):
@@ -200,9 +234,13 @@ def latest_checkpoint(output_dir: str) -> Optional[str]:
 
 
 def remove_stale_temporaries(output_dir: str) -> None:
-    """``ckpt-STEP.tmp`` dirs are what a killed save leaves behind; they are never resumed from."""
+    """``ckpt-STEP.tmp`` / ``best.tmp`` dirs are what a killed save leaves behind; they are never resumed from."""
     if not os.path.isdir(output_dir):
         return
+    best, previous = os.path.join(output_dir, BEST_DIR), os.path.join(output_dir, BEST_DIR + ".old.tmp")
+    if not os.path.isdir(best) and os.path.isfile(os.path.join(previous, BEST_JSON)):
+        # killed while replacing best/: between moving the old one aside and renaming the new one in
+        os.replace(previous, best)
     for name in os.listdir(output_dir):
         if TEMPORARY_PATTERN.match(name):
             log.warning("removing %s, left by a save that did not finish", os.path.join(output_dir, name))
@@ -255,18 +293,24 @@ def current_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def save_training_checkpoint(path: str, model, args, hf_config, tokenizer, settings, training_state) -> None:
+def save_training_checkpoint(path: str, model, args, hf_config, tokenizer, settings,
+                             training_state: Optional[dict] = None, extra_files: Optional[dict] = None) -> None:
     """Write ``path + '.tmp'``, fsync every file and the directory, rename it to ``path``, fsync the parent: after
-    a crash at any point the directory is either complete or absent (a leftover ``.tmp`` is never resumed)."""
+    a crash at any point the directory is either complete or absent (a leftover ``.tmp`` is never resumed).
+    ``training_state`` (what resume needs) goes to training_state.pt; ``extra_files`` maps names to text."""
     temporary = path + ".tmp"
     shutil.rmtree(temporary, ignore_errors=True)
     checkpoint.save_checkpoint(model, temporary, args.model_type, hf_config, tokenizer=tokenizer, settings=settings)
-    torch.save(training_state, os.path.join(temporary, TRAINING_STATE))
+    if training_state is not None:
+        torch.save(training_state, os.path.join(temporary, TRAINING_STATE))
+    for name, text in (extra_files or {}).items():
+        with open(os.path.join(temporary, name), "w", encoding="utf-8") as handle:
+            handle.write(text)
     for root, _, files in os.walk(temporary):
         for name in files:
             fsync_path(os.path.join(root, name))
     fsync_path(temporary)
-    _test_delay(SAVE_DELAY_ENV, training_state.get("step"))
+    _test_delay(SAVE_DELAY_ENV, (training_state or {}).get("step"))
     if os.path.isdir(path):  # re-saving the same step: move the old one aside first
         os.replace(path, path + ".old.tmp")
         shutil.rmtree(path + ".old.tmp", ignore_errors=True)
@@ -287,6 +331,109 @@ def drop_log_records_after(path: str, step: int) -> None:
             except (ValueError, KeyError, TypeError):  # a record cut short by a kill
                 continue
     write_atomic(path, "".join(kept))
+
+
+def append_record(path: str, record: dict) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation during training: the live model decodes a fixed dev sample; the best-scoring model is kept in best/.
+# ----------------------------------------------------------------------------------------------------------------
+class DevEvaluator:
+    """Decodes the first ``--eval_max_examples`` records of ``--eval_file`` with the model being trained (no copy,
+    no reload from disk), scores them with s2s_ft.evaluate, appends a record to eval_log.jsonl, and saves the model
+    to ``output_dir/best/`` (with best.json: step, metric, score) whenever ``--eval_metric`` beats the best so far.
+
+    Evaluating leaves the training trajectory alone: decoding runs in eval mode (no dropout) under inference_mode
+    (no gradients, no autograd state) and every RNG state is put back afterwards, so a run with evaluation trains
+    the same weights, bit for bit, as one without."""
+
+    def __init__(self, args, model, tokenizer, special, settings, save_best):
+        # read and check the dev sample now: a bad line should stop the run at start-up, not after hours
+        self.sources, self.refs, numbers = evaluate.read_dev_examples(args.eval_file, args.eval_max_examples or None)
+        decoder = Seq2SeqDecoder(model, special, args.fine_tune, args.device, AUTOCAST_DTYPES[args.precision])
+        self.decoder = LoadedDecoder(decoder, tokenizer, settings)
+        ids, truncated = self.decoder.source_ids(self.sources)
+        for source_ids, number in zip(ids, numbers):
+            if not source_ids:
+                raise DataError(f"{args.eval_file}:{number}: \"src\" tokenises to nothing")
+        if truncated:
+            log.warning("%d of %d dev sources truncated to %d tokens", truncated, len(ids), args.max_source_seq_length)
+        self.metrics, self.metric = args.eval_metrics.split(","), args.eval_metric
+        try:  # a missing scorer package (or WordNet for METEOR) also shows up now, not at the first evaluation
+            evaluate.score(["a"], [["a"]], self.metrics)
+        except ImportError as error:
+            raise UsageError(f"--eval_file: scoring needs the Python package {error.name} (pip install -e "
+                             f"'.[eval]')") from None
+        self.search = {"beam_size": args.eval_beam_size, "max_tgt_length": args.eval_max_tgt_length}
+        self.batch_size, self.output_dir, self.save_best = args.eval_batch_size, args.output_dir, save_best
+        # best.json records these; a best found under other settings has a score that cannot be compared
+        self.settings = {"eval_file": os.path.abspath(args.eval_file), "eval_max_examples": len(self.sources),
+                         "eval_metric": self.metric, **{f"eval_{k}": v for k, v in self.search.items()}}
+        self.best: Optional[dict] = None
+        log.info("evaluating on %d examples of %s every %d steps (%s, beam %d); best model by %s in %s",
+                 len(self.sources), args.eval_file, args.eval_steps, args.eval_metrics, args.eval_beam_size,
+                 self.metric, os.path.join(args.output_dir, BEST_DIR))
+
+    def resume(self) -> None:
+        """Know the best score so far (from best/best.json), so that a worse later score does not replace it. A
+        best found after the checkpoint resumed from stays: the resumed run retraces the same weights."""
+        path = os.path.join(self.output_dir, BEST_DIR, BEST_JSON)
+        if not os.path.isfile(path):
+            return
+        try:
+            with open(path, encoding="utf-8") as handle:
+                best = json.load(handle)
+            float(best["score"]), int(best["step"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s is unreadable; the next evaluation replaces best/", path)
+            return
+        if best.get("eval") != self.settings:
+            log.warning("%s was chosen with other evaluation settings (%s); the next evaluation replaces it", path,
+                        best.get("eval"))
+            return
+        self.best = best
+        log.info("best so far: %s %.4f at step %d", best["metric"], best["score"], best["step"])
+
+    def scores(self) -> dict:
+        model = self.decoder.decoder.model
+        rng = rng_state()
+        model.eval()
+        try:
+            hyps = self.decoder.decode_texts(self.sources, self.batch_size, **self.search)
+        finally:
+            model.train()
+            restore_rng(rng)
+        return evaluate.score(hyps, self.refs, self.metrics)
+
+    def __call__(self, step: int) -> dict:
+        start = time.perf_counter()
+        scores = {name: value if name == "n" else round(value, 4) for name, value in self.scores().items()}
+        value = scores[self.metric]
+        if self.best is None or value > self.best["score"]:
+            self.best = {"step": step, "metric": self.metric, "score": value, "scores": scores,
+                         "eval": self.settings}
+            self.save_best(os.path.join(self.output_dir, BEST_DIR), {BEST_JSON: json.dumps(self.best, indent=2)})
+        # a resumed run re-evaluates the best step itself (same weights, same score): still the best
+        record = {"step": step, **scores, "metric": self.metric, "best": step == self.best["step"],
+                  "seconds": round(time.perf_counter() - start, 2)}
+        append_record(os.path.join(self.output_dir, EVAL_LOG), record)
+        log.info("step %d: eval %s %.2f (best %.2f at step %d); %s", step, self.metric, value, self.best["score"],
+                 self.best["step"], ", ".join(f"{k} {v:.2f}" for k, v in scores.items() if k != "n"))
+        return record
+
+
+def write_curves(output_dir: str) -> None:
+    """Plot the logs to training_curves.png; without matplotlib (or on any plotting problem) warn, never fail."""
+    try:
+        log.info("wrote %s", plotting.plot_run(output_dir))
+    except ImportError:
+        log.warning("matplotlib is not installed, so no %s (pip install matplotlib, then python -m s2s_ft.plotting "
+                    "%s)", plotting.PLOT_NAME, output_dir)
+    except Exception as error:  # a picture is not worth a finished training run
+        log.warning("could not plot the training curves: %s", error)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -418,6 +565,13 @@ def _train(args: argparse.Namespace, world: World) -> str:
 
     model.to(args.device)
     world.broadcast_model(model)  # same seed, same weights already; this makes sure of it
+    evaluator = None
+    if args.eval_file:
+        rng = rng_state()  # building it (tokenising, a trial scoring) must not move the dropout RNG
+        evaluator = DevEvaluator(args, model, tokenizer, special, settings, save_best=lambda path, files:
+                                 save_training_checkpoint(path, model, args, hf_config, tokenizer, settings,
+                                                          extra_files=files))
+        restore_rng(rng)
     if world.active:  # dropout: one stream per rank (a resumed run restores each rank's own state below)
         random.seed(args.seed + world.rank)
         torch.manual_seed(args.seed + world.rank)
@@ -444,8 +598,11 @@ def _train(args: argparse.Namespace, world: World) -> str:
             raise CheckpointError(f"{resume_from}: cannot resume from it ({first}); move it out of "
                                   f"{args.output_dir} to resume from an earlier checkpoint") from None
         log.info("resuming from %s at step %d", resume_from, step)
+        if evaluator:
+            evaluator.resume()
     if world.is_main:
-        drop_log_records_after(os.path.join(args.output_dir, "train_log.jsonl"), step)
+        for name in ("train_log.jsonl", EVAL_LOG):
+            drop_log_records_after(os.path.join(args.output_dir, name), step)
 
     log.info("%d %s examples from %s; method %s; %d optimizer steps of %s examples (%s x %d accumulation); "
              "precision %s on %s; %.1fM parameters", len(examples_all), args.objective, args.train_file,
@@ -463,7 +620,7 @@ def _train(args: argparse.Namespace, world: World) -> str:
         write_atomic(os.path.join(args.output_dir, "train_args.json"), json.dumps(
             {k: str(v) if isinstance(v, torch.device) else v for k, v in vars(args).items()}, indent=2))
 
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    autocast_dtype = AUTOCAST_DTYPES[args.precision]
     log_path = os.path.join(args.output_dir, "train_log.jsonl")
     model.train()
     progress = tqdm(total=args.num_training_steps, initial=step, desc="train",
@@ -549,19 +706,25 @@ def _train(args: argparse.Namespace, world: World) -> str:
             if window["skipped"]:
                 record["skipped_steps"] = window["skipped"]
             if world.is_main:
-                with open(log_path, "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
+                append_record(log_path, record)
             progress.set_postfix(loss=record["loss"], lr=f"{record['lr']:.2e}")
             log.info("step %d: loss %s, lr %.3e, %.0f tokens/s (%.0f target tokens/s)", step,
                      "n/a" if record["loss"] is None else f"{record['loss']:.4f}", record["lr"],
                      record["tokens_per_s"], record["target_tokens_per_s"])
             window = new_window()
 
-        if step % args.save_steps == 0 or step == args.num_training_steps:
+        save_due = step % args.save_steps == 0 or step == args.num_training_steps
+        eval_due = evaluator is not None and (step % args.eval_steps == 0 or step == args.num_training_steps)
+        if save_due or eval_due:
             poisoned = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
-            if poisoned:  # never write a checkpoint that resume would pick over the last good one
+            if poisoned:  # never write a checkpoint (or best/) that resume would pick over the last good one
                 raise TrainingStopped(f"step {step}: parameter {poisoned[0]} is not finite; not saved. Last good "
                                       f"checkpoint: {last_saved or 'none'}")
+        if eval_due:  # before the save: a run killed in between evaluates this step again when it resumes
+            if world.is_main:  # rank 0 decodes the dev sample alone; the others wait at the barrier
+                evaluator(step)
+            world.barrier()
+        if save_due:
             last_saved = os.path.join(args.output_dir, f"ckpt-{step}")
             rng = {"per_rank": {r: s for states in world.gather_objects(rng_state()["per_rank"])
                                 for r, s in states.items()}}  # every rank's RNG state, written by rank 0
@@ -574,6 +737,8 @@ def _train(args: argparse.Namespace, world: World) -> str:
                 prune_checkpoints(args.output_dir, args.save_total_limit, keep=last_saved)
             world.barrier()
     progress.close()
+    if world.is_main:
+        write_curves(args.output_dir)
     return last_saved
 
 

@@ -271,6 +271,27 @@ def test_read_references_jsonl_and_text(tmp_path):
         evaluate.read_references(str(bad))
 
 
+def test_read_dev_examples_reads_only_the_sample(tmp_path):
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text(json.dumps({"src": "x y", "tgt": "a"}) + "\n\n"
+                   + json.dumps({"src": ["x", "##y"], "refs": ["a", ["b", "##c"]]}) + "\n"
+                   + "not json\n")
+    sources, refs, numbers = evaluate.read_dev_examples(str(dev), 2)  # line 4 is never read
+    assert (sources, refs, numbers) == (["x y", ["x", "##y"]], [["a"], ["a", "bc"]], [1, 3])
+    with pytest.raises(evaluate.DataError, match=r"dev.jsonl:4: malformed JSON"):
+        evaluate.read_dev_examples(str(dev))
+    dev.write_text(json.dumps({"tgt": "a"}) + "\n")
+    with pytest.raises(evaluate.DataError, match=r"dev.jsonl:1: missing \"src\""):
+        evaluate.read_dev_examples(str(dev))
+
+
+def test_metric_keys_are_what_score_returns():
+    for family, keys in evaluate.SCORES.items():
+        if family != "meteor":  # needs WordNet; its key is checked in the METEOR tests
+            assert set(score(["a b"], [["a b"]], metrics=[family])) == set(keys) | {"n"}
+        assert all(evaluate.metric_family(key) == family for key in keys)
+
+
 def write(path, lines):
     path.write_text("".join(line + "\n" for line in lines))
     return str(path)
