@@ -218,3 +218,16 @@ def test_without_matplotlib_training_warns_once_and_succeeds(tiny_bert, train_fi
     assert os.path.isdir(out / "ckpt-2")
     assert plotting.main([str(out)]) == 2
     assert "plotting needs matplotlib" in capsys.readouterr().err
+
+
+def test_two_ranks_rank_zero_evaluates(tiny_bert, train_file, dev_file, tmp_path):  # noqa: F811
+    """Under torchrun rank 0 evaluates while rank 1 waits; the weights are those of the same run without --eval_file."""
+    from test_ddp import torchrun
+
+    common = ("--num_training_steps", "4", "--save_steps", "4", "--per_device_train_batch_size", "2")
+    plain, evaluated = tmp_path / "plain", tmp_path / "evaluated"
+    torchrun(train_args(tiny_bert, train_file, plain, "--label_smoothing", "0", *common))
+    torchrun(eval_args(tiny_bert, train_file, dev_file, evaluated, *common, "--eval_steps", "2"))
+    assert [r["step"] for r in records(evaluated / training.EVAL_LOG)] == [2, 4]  # written once, by rank 0
+    assert os.path.isfile(evaluated / "best" / training.BEST_JSON)
+    assert same_weights(plain / "ckpt-4", evaluated / "ckpt-4")
