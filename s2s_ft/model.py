@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 # A key rank no query rank reaches: the token is visible to nobody but itself (padding, pseudo masks).
 NEVER_VISIBLE = 2**30
@@ -238,6 +239,9 @@ class UnifiedTransformer(nn.Module):
         self.rel_pos_bias = (nn.Linear(config.rel_pos_bins, config.num_attention_heads, bias=False)
                              if config.rel_pos_bins > 0 else None)
         self.head = MLMHead(config, self.embeddings.word)
+        # Trade compute for memory in training: keep only each layer's input and recompute the layer in the backward
+        # pass (about one extra forward). Ignored in eval mode and with a KV cache (decoding has no backward).
+        self.gradient_checkpointing = False
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -281,7 +285,11 @@ class UnifiedTransformer(nn.Module):
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         mask = self._attention_mask(key_rank_all, query_rank, key_positions, position_ids, offset, dtype)
         for index, layer in enumerate(self.layers):
-            x = layer(x, mask, cache, index)
+            if self.gradient_checkpointing and self.training and cache is None:
+                # Non-reentrant: works with inputs that need no grad and replays the layer's dropout RNG exactly.
+                x = checkpoint(layer, x, mask, None, index, use_reentrant=False)
+            else:
+                x = layer(x, mask, cache, index)
         if cache is not None:
             kept = n_new if n_store is None else n_store
             # Tokens written but not kept must become invisible to later steps.

@@ -1,0 +1,60 @@
+"""UnifiedTransformer.gradient_checkpointing: the same loss and gradients as a plain backward pass, with the layers
+really recomputed in training and left alone in eval mode."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from s2s_ft.loss import seq2seq_loss
+from s2s_ft.model import TransformerLayer
+from s2s_ft.packing import Packer
+
+from conftest import PAIRS, SPECIAL, make_model
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture
+def layer_calls(monkeypatch) -> list:
+    """One entry per TransformerLayer.forward run (module hooks do not see checkpoint's recomputation)."""
+    calls, forward = [], TransformerLayer.forward
+
+    def counted(self, *args):
+        calls.append(1)
+        return forward(self, *args)
+
+    monkeypatch.setattr(TransformerLayer, "forward", counted)
+    return calls
+
+
+def loss_and_grads(model, batch, checkpointing: bool, calls: list):
+    model.gradient_checkpointing = checkpointing
+    model.zero_grad(set_to_none=True)
+    calls.clear()
+    torch.manual_seed(7)  # the same dropout draws in both runs
+    loss = seq2seq_loss(model, model(**batch.model_inputs()), batch.labels)
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}, len(calls)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1], ids=["no-dropout", "dropout"])
+@pytest.mark.parametrize("rel_pos", [False, True], ids=["abs-pos", "rel-pos"])
+def test_checkpointing_gives_the_same_loss_and_gradients(rel_pos, dropout, layer_calls):
+    model = make_model(rel_pos=rel_pos, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout).train()
+    batch = Packer("pseudo_masked", SPECIAL)(PAIRS, torch.Generator().manual_seed(0))
+    loss, grads, calls = loss_and_grads(model, batch, False, layer_calls)
+    loss_ckpt, grads_ckpt, calls_ckpt = loss_and_grads(model, batch, True, layer_calls)
+    layers = len(model.layers)
+    assert (calls, calls_ckpt) == (layers, 2 * layers)  # every layer ran again in the backward pass
+    assert torch.allclose(loss, loss_ckpt, rtol=0, atol=1e-6)
+    assert grads.keys() == grads_ckpt.keys()
+    for name in grads:
+        assert torch.allclose(grads[name], grads_ckpt[name], rtol=0, atol=1e-6), name
+
+
+def test_checkpointing_is_off_in_eval_mode(layer_calls):
+    model = make_model()  # eval mode
+    model.gradient_checkpointing = True
+    batch = Packer("causal", SPECIAL)(PAIRS, torch.Generator().manual_seed(0))
+    model(**batch.model_inputs()).sum().backward()
+    assert len(layer_calls) == len(model.layers)
