@@ -62,6 +62,13 @@ class LoadedDecoder:
         batches are cut before sharding, so every batch is exactly what a single process decodes: the ranks'
         results together are a single process's results, bit for bit.
         """
+        model_config = self.decoder.model.config
+        usable = model_config.max_position_embeddings - model_config.position_offset
+        needed = max(map(len, sources), default=0) + 2 + config.max_tgt_length  # [CLS] src [SEP] + generated
+        if needed > usable:  # checked here: the model checks positions only on CPU, where it costs no sync
+            raise UsageError(f"the longest source ({needed - 2 - config.max_tgt_length} tokens) plus "
+                             f"{config.max_tgt_length} target tokens needs {needed} positions; the checkpoint has "
+                             f"{usable} (lower --max_tgt_length or --max_seq_length)")
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
         batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
         mine = batches[shard[0]::shard[1]]

@@ -204,7 +204,10 @@ class Embeddings(nn.Module):
 
     def forward(self, input_ids, position_ids, token_type_ids):
         rows = position_ids + self.position_offset  # the one place the RoBERTa offset is applied
-        if int(rows.max()) >= self.position.num_embeddings:
+        # Checked where it is free: on an accelerator it would be a host sync every forward. There the callers keep
+        # positions in range up front (training extends the table to the maximum lengths, the decoder checks each
+        # batch's budget).
+        if rows.device.type == "cpu" and int(rows.max()) >= self.position.num_embeddings:
             raise ValueError(f"position {int(position_ids.max())} exceeds the position table "
                              f"({self.position.num_embeddings - self.position_offset} positions)")
         x = self.word(input_ids) + self.position(rows)
@@ -255,8 +258,17 @@ class UnifiedTransformer(nn.Module):
             nn.init.zeros_(module.bias)
 
     def _attention_mask(self, key_rank, query_rank, key_positions, query_positions, query_offset, dtype):
+        """``attn_mask`` for F.scaled_dot_product_attention: a boolean [B, 1, Lq, Lk] mask (which the
+        memory-efficient GPU kernel accepts), None when every query may see every key (then the flash kernel, which
+        takes no mask, is eligible too), or with a relative position bias an additive [B, H, Lq, Lk] mask in the
+        compute dtype ``dtype``."""
         allowed = attention_allowed(key_rank, query_rank, query_offset)
         if self.rel_pos_bias is None:
+            # Nothing is masked when the decoder encodes sources of equal length or feeds its first step. The test is
+            # a host sync on a GPU: decoding syncs every step anyway, training skips it (its batches always hold
+            # target tokens that the source may not see).
+            if not self.training and bool(allowed.all()):
+                return None
             return allowed
         relative = key_positions[:, None, :] - query_positions[:, :, None]  # key minus query, as UniLMv2
         buckets = relative_position_bucket(relative, self.config.rel_pos_bins, self.config.max_rel_pos)

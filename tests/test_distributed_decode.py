@@ -1,5 +1,6 @@
 """decode_seq2seq.py under torchrun (2 gloo ranks) writes the same output file, byte for byte, as one process: greedy,
-beam with n-best JSONL, and a --resume run that a single process started and two ranks finish."""
+beam with n-best JSONL, and a --resume run that a single process started and two ranks finish; and the decoder's
+up-front check of the position budget."""
 from __future__ import annotations
 
 import json
@@ -99,3 +100,11 @@ def test_two_ranks_finish_a_single_process_resume(random_checkpoint, input_file,
     launch("decode_seq2seq.py", decode_args(random_checkpoint, input_file, out, *search))
     assert out.read_bytes() == straight.read_bytes()
     assert not (tmp_path / "out.partial").exists() and not (tmp_path / "out.partial.json").exists()
+
+
+def test_positions_beyond_the_table_are_a_usage_error(random_checkpoint, input_file, tmp_path, capsys):
+    """Checked by the decoder up front (the model itself checks positions only on CPU, where it costs no sync)."""
+    out = tmp_path / "out"
+    assert inference.main(decode_args(random_checkpoint, input_file, out, "--max_tgt_length", "60")) == 2
+    err = capsys.readouterr().err
+    assert "plus 60 target tokens needs 77 positions; the checkpoint has 64" in err and not out.exists(), err

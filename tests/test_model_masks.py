@@ -399,3 +399,78 @@ def test_kv_cache_reorder_beams_with_shared_source(tiny_model, mode):
         with torch.no_grad():
             out = tiny_model(**_steps_inputs(rows, step, mode), cache=cache, n_store=n_store(step))
         _check_step(_reference(tiny_model, rows, mode), rows, mode, step, out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. What F.scaled_dot_product_attention receives: no mask when nothing is masked (flash kernels), else boolean
+# ---------------------------------------------------------------------------------------------------------------
+def _sdpa_masks(model, inputs, **kwargs):
+    """The attn_mask of every SDPA call in one forward, and the forward's output."""
+    seen, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kw):
+        seen.append(kw.get("attn_mask"))
+        return sdpa(*args, **kw)
+
+    with pytest.MonkeyPatch.context() as patch, torch.no_grad():
+        patch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+        out = model(**inputs, **kwargs)
+    return seen, out
+
+
+MASK_CASES = {
+    "equal-length-sources": lambda: decoding_prefix([[10, 11, 12], [13, 14, 15]], SPECIAL).model_inputs(),
+    "one-source": lambda: decoding_prefix([[10, 11]], SPECIAL).model_inputs(),
+    "padded-sources": lambda: decoding_prefix([[10, 11, 12], [13]], SPECIAL).model_inputs(),
+    **{f"packed-{m}": (lambda m=m: Packer(m, SPECIAL, corrupt=False)(PAIRS[:1]).model_inputs()) for m in METHODS},
+}
+
+
+@pytest.mark.parametrize("case", sorted(MASK_CASES))
+def test_no_mask_exactly_when_nothing_is_masked(case, monkeypatch):
+    model = make_model()
+    inputs = MASK_CASES[case]()
+    all_visible = bool(attention_allowed(inputs["key_rank"], inputs["query_rank"]).all())
+    assert all_visible == (case in ("equal-length-sources", "one-source"))
+    seen, out = _sdpa_masks(model, inputs)
+    assert len(seen) == len(model.layers)
+    for mask in seen:
+        if all_visible:
+            assert mask is None
+        else:  # the memory-efficient kernel's form: boolean, broadcast over heads, contiguous
+            assert mask.dtype == torch.bool and mask.shape == (out.shape[0], 1, out.shape[1], out.shape[1])
+            assert mask.is_contiguous()
+    # the shortcut changes nothing: the same forward with the (all-True) dense mask forced
+    monkeypatch.setattr(model, "_attention_mask", lambda key_rank, query_rank, *rest: attention_allowed(
+        key_rank, query_rank, rest[2]))
+    _, dense = _sdpa_masks(model, inputs)
+    torch.testing.assert_close(out, dense, atol=1e-6, rtol=0)
+
+
+def test_mask_kept_in_training_and_with_relative_positions():
+    inputs = MASK_CASES["equal-length-sources"]()
+    seen, _ = _sdpa_masks(make_model().train(), inputs)  # training skips the test (no host sync)
+    assert all(mask is not None and mask.dtype == torch.bool for mask in seen)
+    seen, _ = _sdpa_masks(make_model(rel_pos=True), inputs)  # the bias is the mask, additive
+    assert all(mask.dtype == torch.float32 and mask.shape[1] == 4 for mask in seen)
+
+
+def test_decoding_shortcut_with_cache():
+    """Encoding equal-length sources and the first step (a [MASK] that reads the source) go maskless; the second
+    step keeps its mask (the real token may not see the new [MASK])."""
+    model = make_model()
+    prefix = decoding_prefix([[10, 11, 12], [13, 14, 15]], SPECIAL)
+    cache = KVCache(model.config, 2, 12)
+    pairs = [Pair([10, 11, 12], [20]), Pair([13, 14, 15], [21])]
+    for inputs, n_store, maskless in ((prefix.model_inputs(), None, True), (_steps_inputs(pairs, 0, "pseudo"), 0, True),
+                                      (_steps_inputs(pairs, 1, "pseudo"), 1, False)):
+        seen, _ = _sdpa_masks(model, inputs, cache=cache, n_store=n_store)
+        assert [mask is None for mask in seen] == [maskless] * len(model.layers)
+
+
+def test_position_beyond_the_table_is_named():
+    model = make_model()
+    inputs = decoding_prefix([[10, 11, 12]], SPECIAL).model_inputs()
+    inputs["position_ids"] = inputs["position_ids"] + model.config.max_position_embeddings - 2
+    with pytest.raises(ValueError, match="exceeds the position table"):
+        model(**inputs)
