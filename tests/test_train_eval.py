@@ -36,10 +36,6 @@ DEV = [{"src": "the cat sat on the mat", "refs": ["who sat on the mat ?", "who s
 def tiny_bert(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny-bert-eval")
     write_tiny_bert(directory, WORDS)  # dropout 0.1 stays on: evaluation must not disturb its RNG stream
-    # write_tiny_bert's BertTokenizerFast(vocab_file=...) is read by transformers 5 as an empty vocabulary (every
-    # word becomes [UNK]); dev scores need real words, so save a tokenizer built from the vocabulary itself
-    from transformers import BertTokenizerFast
-    BertTokenizerFast(vocab=str(directory / "vocab.txt"), do_lower_case=True).save_pretrained(directory)
     return str(directory)
 
 
