@@ -29,7 +29,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -137,6 +136,13 @@ def throughput(args, mono: str, model_dir: str) -> dict:
     return result
 
 
+def log_summary(path: str) -> dict:
+    """Steps, first/last logged loss and median tokens/s of a training run (from its train_log.jsonl)."""
+    records = [json.loads(line) for line in open(path)]
+    return {"steps": records[-1]["step"], "first_loss": records[0]["loss"], "last_loss": records[-1]["loss"],
+            "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in records)}
+
+
 def bleu(args, model: str, name: str, test: str) -> float:
     prediction = os.path.join(args.work_dir, f"{name}.test.pred.txt")
     scores = os.path.join(args.work_dir, f"{name}.test.scores.json")
@@ -163,17 +169,18 @@ def main() -> None:
 
     report_path = os.path.join(args.work_dir, "report.json")
     report = json.load(open(report_path)) if os.path.isfile(report_path) else {}
-    report["command"] = " ".join([os.path.basename(sys.executable)] + sys.argv)
+    # every invocation is recorded: a resumed experiment may have been continued with other stage settings
+    command = " ".join([os.path.basename(sys.executable)] + sys.argv)
+    report["commands"] = [c for c in report.get("commands", []) if c != command] + [command]
     if args.throughput_steps and "throughput" not in report:
         report["throughput"] = throughput(args, mono, model_dir)
         save_json(report_path, report)
 
-    started = time.time()
     pretrained = os.path.join(args.work_dir, "mass")
     run(pretrain_command(args, pretrained, args.pretrain_steps, mono, model_dir,
                          "--num_warmup_steps", str(args.pretrain_steps // 20), "--save_steps", "1000",
                          "--save_total_limit", "1", "--cache_dir", os.path.join(args.work_dir, "cache")))
-    report.setdefault("pretrain_minutes", round((time.time() - started) / 60, 1))
+    report["pretrain"] = log_summary(os.path.join(pretrained, "train_log.jsonl"))
 
     finetune = ["--train_file", pairs, "--per_device_train_batch_size", str(args.finetune_batch),
                 "--learning_rate", str(args.finetune_lr), "--num_warmup_steps", str(args.finetune_steps // 10),
@@ -183,6 +190,7 @@ def main() -> None:
     for name, init in arms.items():
         out = os.path.join(args.work_dir, f"finetune-{name}")
         run(train_command(args, out, args.finetune_steps, *init, *finetune))
+        report[f"finetune_{name}"] = log_summary(os.path.join(out, "train_log.jsonl"))
         report[f"bleu_{name}"] = bleu(args, os.path.join(out, f"ckpt-{args.finetune_steps}"), name, test)
     report["bleu_gain"] = round(report["bleu_mass"] - report["bleu_random_init"], 2)
     save_json(report_path, report)
