@@ -84,8 +84,14 @@ def test_gradient_checkpointing_flag_trains_the_same_weights(tiny_bert, train_fi
 
 @pytest.mark.skipif(not os.environ.get("S2S_FT_SLOW_TESTS"),
                     reason="torch.compile takes minutes on a small CPU; set S2S_FT_SLOW_TESTS=1 to run it")
-def test_torch_compile_flag_trains_the_same_weights(tiny_bert, train_file, tmp_path):  # noqa: F811
-    plain = _trained_weights(tiny_bert, train_file, tmp_path / "plain")
-    compiled = _trained_weights(tiny_bert, train_file, tmp_path / "compiled", "--torch_compile")
+def test_torch_compile_flag_trains_the_same_weights(train_file, tmp_path):  # noqa: F811
+    from conftest import write_tiny_bert
+    from test_cli import WORDS
+
+    # compiled dropout draws from inductor's own RNG stream, so only a dropout-free model can match eagerly
+    (tmp_path / "nodrop").mkdir()
+    model_dir = write_tiny_bert(tmp_path / "nodrop", WORDS, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    plain = _trained_weights(model_dir, train_file, tmp_path / "plain")
+    compiled = _trained_weights(model_dir, train_file, tmp_path / "compiled", "--torch_compile")
     for key in plain:  # compiled kernels fuse and reorder floating-point work: close, not bit-identical
-        torch.testing.assert_close(compiled[key], plain[key], rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(compiled[key], plain[key], rtol=1e-4, atol=1e-5)
