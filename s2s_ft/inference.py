@@ -54,6 +54,17 @@ class LoadedDecoder:
         return self.tokenizer.decode(list(tokens), skip_special_tokens=True,
                                      clean_up_tokenization_spaces=False).strip()
 
+    def check_position_budget(self, sources: Sequence[Sequence[int]], max_tgt_length: int,
+                              remedy: str = "lower --max_tgt_length or --max_seq_length") -> None:
+        """UsageError unless the longest source plus ``max_tgt_length`` generated tokens fit the position table
+        (checked here: the model checks positions only on CPU, where it costs no sync)."""
+        model_config = self.decoder.model.config
+        usable = model_config.max_position_embeddings - model_config.position_offset
+        needed = max(map(len, sources), default=0) + 2 + max_tgt_length  # [CLS] src [SEP] + generated
+        if needed > usable:
+            raise UsageError(f"the longest source ({needed - 2 - max_tgt_length} tokens) plus {max_tgt_length} "
+                             f"target tokens needs {needed} positions; the checkpoint has {usable} ({remedy})")
+
     def decode_ids(self, sources: Sequence[Sequence[int]], config: SearchConfig, batch_size: int = 32,
                    progress: bool = False, shard: tuple[int, int] = (0, 1)) -> list[Optional[list[Hypothesis]]]:
         """Hypotheses per source in input order; batches are formed from length-sorted sources.
@@ -62,13 +73,7 @@ class LoadedDecoder:
         batches are cut before sharding, so every batch is exactly what a single process decodes: the ranks'
         results together are a single process's results, bit for bit.
         """
-        model_config = self.decoder.model.config
-        usable = model_config.max_position_embeddings - model_config.position_offset
-        needed = max(map(len, sources), default=0) + 2 + config.max_tgt_length  # [CLS] src [SEP] + generated
-        if needed > usable:  # checked here: the model checks positions only on CPU, where it costs no sync
-            raise UsageError(f"the longest source ({needed - 2 - config.max_tgt_length} tokens) plus "
-                             f"{config.max_tgt_length} target tokens needs {needed} positions; the checkpoint has "
-                             f"{usable} (lower --max_tgt_length or --max_seq_length)")
+        self.check_position_budget(sources, config.max_tgt_length)
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
         batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
         mine = batches[shard[0]::shard[1]]

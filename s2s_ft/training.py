@@ -366,6 +366,8 @@ class DevEvaluator:
                 raise DataError(f"{args.eval_file}:{number}: \"src\" tokenises to nothing")
         if truncated:
             log.warning("%d of %d dev sources truncated to %d tokens", truncated, len(ids), args.max_source_seq_length)
+        # at start-up, not at the first evaluation
+        self.decoder.check_position_budget(ids, args.eval_max_tgt_length, "lower --eval_max_tgt_length")
         self.metrics, self.metric = args.eval_metrics.split(","), args.eval_metric
         try:  # a missing scorer package (or WordNet for METEOR) also shows up now, not at the first evaluation
             evaluate.score(["a"], [["a"]], self.metrics)

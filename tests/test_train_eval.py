@@ -180,10 +180,12 @@ def test_bad_eval_file_stops_at_start_up(tiny_bert, train_file, tmp_path, capsys
     (("--eval_steps", "0"), "--eval_steps must be >= 1"),
     (("--eval_max_examples", "-1"), "--eval_max_examples must be >= 0"),
     (("--objective", "mass"), "--eval_file scores generated targets"),
+    (("--eval_max_tgt_length", "100"), "the checkpoint has 64 (lower --eval_max_tgt_length)"),
 ])
 def test_bad_eval_flags(tiny_bert, train_file, dev_file, tmp_path, capsys, extra, expected):  # noqa: F811
     assert training.main(eval_args(tiny_bert, train_file, dev_file, tmp_path, *extra)) == 2
     assert expected in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "train_log.jsonl")  # refused before the first training step
 
 
 def test_eval_metric_family_is_always_computed(tiny_bert, train_file, dev_file, tmp_path):  # noqa: F811
