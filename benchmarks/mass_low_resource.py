@@ -30,6 +30,8 @@ import statistics
 import subprocess
 import sys
 
+from s2s_ft.fileio import write_atomic
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -82,17 +84,12 @@ def build_model_dir(args, path: str) -> None:
 
 
 def write_once(path: str, lines) -> None:
-    if os.path.isfile(path):
-        return
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        handle.writelines(lines)
-    os.replace(path + ".tmp", path)
+    if not os.path.isfile(path):
+        write_atomic(path, "".join(lines))
 
 
 def save_json(path: str, value: dict) -> None:
-    with open(path + ".tmp", "w") as handle:
-        json.dump(value, handle, indent=2)
-    os.replace(path + ".tmp", path)
+    write_atomic(path, json.dumps(value, indent=2))
 
 
 def mixed_monolingual(args, path: str) -> None:

@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from s2s_ft.data import iter_jsonl, load_tokenizer, read_pairs, tokenize_sides  # noqa: E402
 from s2s_ft.fileio import write_atomic  # noqa: E402
-from s2s_ft.training import make_optimizer, micro_batch  # noqa: E402
+from s2s_ft.training import make_optimizer, micro_batch, restore_rng, rng_state  # noqa: E402
 
 FINAL = "final"
 STATE = "state.pt"
@@ -70,20 +70,6 @@ def set_special_ids(model, tokenizer) -> None:
 def pad_rows(rows, fill: int, device) -> torch.Tensor:
     width = max(map(len, rows))
     return torch.tensor([row + [fill] * (width - len(row)) for row in rows], dtype=torch.long, device=device)
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # -- training --------------------------------------------------------------------------------------------------

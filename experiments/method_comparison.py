@@ -44,6 +44,10 @@ import time
 from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the repo root, for s2s_ft
+
+from s2s_ft.fileio import write_atomic  # noqa: E402
+
 HF_SCRIPT = os.path.join(ROOT, "experiments", "hf_bert2bert.py")
 OUR_METHODS = ("causal", "masked", "pseudo_masked")
 SYSTEMS = (*OUR_METHODS, "hf_bert2bert")
@@ -243,18 +247,13 @@ def first_lines(source: str, path: str, count: int) -> int:
     if not os.path.isfile(path):
         with open(source, encoding="utf-8") as handle:
             lines = [line if line.endswith("\n") else line + "\n" for line in handle if line.strip()][:count]
-        with open(path + ".tmp", "w", encoding="utf-8") as handle:
-            handle.writelines(lines)
-        os.replace(path + ".tmp", path)
+        write_atomic(path, "".join(lines))
     with open(path, encoding="utf-8") as handle:
         return sum(1 for _ in handle)
 
 
 def save_json(path: str, value) -> None:
-    with open(path + ".tmp", "w") as handle:
-        json.dump(value, handle, indent=2)
-        handle.write("\n")
-    os.replace(path + ".tmp", path)
+    write_atomic(path, json.dumps(value, indent=2) + "\n")
 
 
 class Unit:
@@ -394,9 +393,7 @@ def report(args, units_by_dataset: dict, settings_by_dataset: dict) -> str:
         results["datasets"][dataset] = {"settings": s, "per_seed": per_seed, "aggregated": aggregated,
                                         "timing_s": timings}
     text = "\n\n".join(parts) + "\n\nmean ± sample standard deviation over seeds; best mean in bold.\n"
-    with open(os.path.join(args.work_dir, "results.md") + ".tmp", "w") as handle:
-        handle.write(text)
-    os.replace(os.path.join(args.work_dir, "results.md") + ".tmp", os.path.join(args.work_dir, "results.md"))
+    write_atomic(os.path.join(args.work_dir, "results.md"), text)
     save_json(os.path.join(args.work_dir, "results.json"), results)
     return text
 
@@ -412,7 +409,6 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through run_logged, which stops the child
     if args.model_dir is None:
-        sys.path.insert(0, ROOT)
         from s2s_ft.datasets.minilm import minilm_dir
         args.model_dir = minilm_dir()
 

@@ -94,7 +94,7 @@ class TokenizeStats:
     skipped: int = 0
 
 
-def _check_side(path, number, record, key):
+def check_side(path, number, record, key):
     value = record.get(key)
     if value is None:
         raise DataError(f"{path}:{number}: missing \"{key}\" (expected {{\"src\": ..., \"tgt\": ...}})")
@@ -132,7 +132,7 @@ def read_pairs(path: str, tokenizer, max_source_len: int, max_target_len: int,
         try:
             if isinstance(record, DataError):
                 raise record
-            src, tgt = _check_side(path, number, record, "src"), _check_side(path, number, record, "tgt")
+            src, tgt = check_side(path, number, record, "src"), check_side(path, number, record, "tgt")
         except DataError as error:
             if not skip_bad_lines:
                 raise

@@ -74,7 +74,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .cli import UsageError, run_cli
 from .data import DataError, iter_jsonl
-from .data import _check_side as check_side
+from .data import check_side
 from .fileio import write_atomic
 
 log = logging.getLogger(__name__)
