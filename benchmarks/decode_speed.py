@@ -1,7 +1,8 @@
 """Decoding throughput, measured side by side in one run on one machine.
 
 Same checkpoint (all-MiniLM-L6-v2 init), same sources (the first N of SQuAD-QG dev), a fixed number of generated
-tokens (min length = max length, so every system does equal work), batch 16:
+tokens (min length = max length, so every system does equal work), batch 16, the systems taking turns batch by
+batch:
 
 * ours with the key/value cache,
 * ours with --no_cache (recompute the whole sequence every step, as s2s-ft's decoder effectively does),
@@ -9,6 +10,14 @@ tokens (min length = max length, so every system does equal work), batch 16:
 
 at greedy and beam 5. Also reports whether time per step stays flat in generated length (our cached decoder,
 step 128 vs step 8). The weights are untrained for the seq2seq task: this measures speed, not quality.
+
+Next to the speeds, the roofline (``roofline.py``): the FLOPs each system executes per sentence (counted on the
+first batch), the FLOP/s that makes and the matmul peak measured in the same run; and two upper bounds on our
+speed over HF on this machine: ``ceiling_at_peak`` (our FLOPs at the matmul peak vs HF's measured speed) and
+``ceiling_without_overhead`` (our measured ratio divided by the profiled share of our time in matmul and attention
+kernels: what is left if everything else took no time). Where a bound is below a goal, the goal needs hardware on
+which HF is not bound by the same dense work (a GPU, where its per-step overhead dominates), not a faster
+implementation.
 
     python benchmarks/decode_speed.py --data ../shared/data/squad_qg/dev.jsonl [--sentences 64] [--tokens 32]
 """
@@ -26,41 +35,68 @@ from s2s_ft.data import iter_jsonl, load_tokenizer, special_ids
 from s2s_ft.datasets.minilm import minilm_dir
 from s2s_ft.decoding import SearchConfig, Seq2SeqDecoder
 
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from roofline import ceiling, counted_flops, dense_time_share, matmul_peak, sync
 
 
-def time_ours(decoder, batches, tokens, beam, use_cache, device):
-    config = SearchConfig(beam_size=beam, max_tgt_length=tokens, min_len=tokens, use_cache=use_cache)
-    decoder.generate(batches[0][:2], config)  # warm-up
-    sync(device)
-    start = time.perf_counter()
-    produced = 0
-    for batch in batches:
+def search_config(tokens, beam, use_cache):
+    return SearchConfig(beam_size=beam, max_tgt_length=tokens, min_len=tokens, use_cache=use_cache)
+
+
+def ours_runner(decoder, tokens, beam, use_cache):
+    config = search_config(tokens, beam, use_cache)
+
+    def run(batch, _encoded):
         for hyps in decoder.generate(batch, config):
             assert len(hyps[0].tokens) == tokens  # equal work: every hypothesis runs to the fixed length
-            produced += 1
-    sync(device)
-    return produced / (time.perf_counter() - start)
+    return run
 
 
-def time_hf(model, tokenizer, texts, batch_size, tokens, beam, device, max_source):
-    encoded = [tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
-                         max_length=max_source).to(device) for i in range(0, len(texts), batch_size)]
-    kwargs = dict(num_beams=beam, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                  early_stopping=True, decoder_start_token_id=tokenizer.cls_token_id,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id)
+def hf_generate_kwargs(tokenizer, tokens, beam):
+    return dict(num_beams=beam, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                early_stopping=True, decoder_start_token_id=tokenizer.cls_token_id,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id)
+
+
+def hf_runner(model, kwargs, tokens):
+    def run(_batch, encoded):
+        with torch.inference_mode():
+            assert model.generate(**encoded, **kwargs).shape[1] >= tokens
+    return run
+
+
+def sentences_per_second(runners, batches, encoded, rounds, device):
+    """Each system decodes every batch; the systems take turns batch by batch (after one warm-up batch each), so
+    that a slow moment of a noisy machine hits them alike instead of falling on whichever system runs then."""
+    seconds = dict.fromkeys(runners, 0.0)
+    for run in runners.values():
+        run(batches[0][:2], {k: v[:2] for k, v in encoded[0].items()})
+    for _ in range(rounds):
+        for batch, encoded_batch in zip(batches, encoded):
+            for name, run in runners.items():
+                sync(device)
+                start = time.perf_counter()
+                run(batch, encoded_batch)
+                sync(device)
+                seconds[name] += time.perf_counter() - start
+    sentences = rounds * sum(map(len, batches))
+    return {name: sentences / spent for name, spent in seconds.items()}
+
+
+def roofline(decoder, hf, batch, encoded_batch, hf_kwargs, tokens, beam, row, peak, device):
+    """FLOPs per sentence of one batch, the FLOP/s the measured speeds make, and two ceilings over HF."""
+    def run_ours():
+        decoder.generate(batch, search_config(tokens, beam, True))
+
+    ours = counted_flops(run_ours) / len(batch)
     with torch.inference_mode():
-        model.generate(**{k: v[:2] for k, v in encoded[0].items()}, **kwargs)  # warm-up
-        sync(device)
-        start = time.perf_counter()
-        for batch in encoded:
-            output = model.generate(**batch, **kwargs)
-            assert output.shape[1] >= tokens
-        sync(device)
-    return len(texts) / (time.perf_counter() - start)
+        theirs = counted_flops(lambda: hf.generate(**encoded_batch, **hf_kwargs)) / len(batch)
+    dense_share = dense_time_share(run_ours, device)
+    return {"ours_gflop_per_sentence": ours / 1e9, "hf_gflop_per_sentence": theirs / 1e9,
+            "ours_fraction_of_peak": ours * row["ours_cached"] / peak,
+            "hf_fraction_of_peak": theirs * row["hf_bert2bert"] / peak,
+            "ours_dense_time_share": dense_share,
+            "ceiling_at_peak": ceiling(ours, peak, row["hf_bert2bert"]),
+            "ceiling_without_overhead": row["cached_over_hf"] / dense_share}
 
 
 def step_times(decoder, sources, steps, device):
@@ -88,6 +124,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_source", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rounds", type=int, default=1, help="passes over the sentences (default %(default)s)")
     parser.add_argument("--skip_no_cache_beam", action="store_true", help="the slowest cell; skip it on CPU")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
@@ -106,18 +143,25 @@ def main():
     from transformers import EncoderDecoderModel, logging as hf_logging
     hf_logging.set_verbosity_error()
     hf = EncoderDecoderModel.from_encoder_decoder_pretrained(model_dir, model_dir).to(device).eval()
+    encoded = [tokenizer(texts[i:i + args.batch_size], return_tensors="pt", padding=True, truncation=True,
+                         max_length=args.max_source).to(device) for i in range(0, len(texts), args.batch_size)]
 
+    peak = matmul_peak(device)
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
-               "sentences": len(texts), "tokens": args.tokens, "batch_size": args.batch_size}
+               "sentences": len(texts), "tokens": args.tokens, "batch_size": args.batch_size,
+               "matmul_peak_tflops": peak / 1e12}
+    print(f"matmul peak (fp32) {peak / 1e12:.3f} TFLOP/s", flush=True)
     for beam in (1, 5):
-        row = {"ours_cached": time_ours(decoder, batches, args.tokens, beam, True, device)}
+        hf_kwargs = hf_generate_kwargs(tokenizer, args.tokens, beam)
+        runners = {"ours_cached": ours_runner(decoder, args.tokens, beam, True)}
         if not (beam > 1 and args.skip_no_cache_beam):
-            row["ours_no_cache"] = time_ours(decoder, batches, args.tokens, beam, False, device)
-        row["hf_bert2bert"] = time_hf(hf, tokenizer, texts, args.batch_size, args.tokens, beam, device,
-                                      args.max_source)
+            runners["ours_no_cache"] = ours_runner(decoder, args.tokens, beam, False)
+        runners["hf_bert2bert"] = hf_runner(hf, hf_kwargs, args.tokens)
+        row = sentences_per_second(runners, batches, encoded, args.rounds, device)
         row["cached_over_hf"] = row["ours_cached"] / row["hf_bert2bert"]
         if "ours_no_cache" in row:
             row["cached_over_no_cache"] = row["ours_cached"] / row["ours_no_cache"]
+        row.update(roofline(decoder, hf, batches[0], encoded[0], hf_kwargs, args.tokens, beam, row, peak, device))
         results[f"beam{beam}"] = row
         print(f"beam {beam}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
 

@@ -7,9 +7,10 @@ hits all of them alike; the first round is a warm-up and is not counted.
 
     python benchmarks/train_speed.py --data ../shared/data/squad_qg/train.jsonl [--precision bf16]
 
-Model FLOPs (ours) per optimizer step = 3 x forward, forward = 2 x (matmul MACs): per layer and real-or-padded token
-4H^2 (q, k, v, out) + 2HI (FFN), attention 2 x H x Lq x Lk per sequence (scores and values), and the MLM head
-H x E + E x V on predicted tokens only.
+FLOPs are counted, not modelled (``roofline.py``): after the timed rounds every system runs ``--steps`` more steps
+under torch's FLOP counter (forward and backward matmuls and attention, padding included), which gives its FLOPs per
+target token; times its measured tokens/s that is its achieved FLOP/s. ``ceiling_at_peak`` is the most a system's
+computation could beat HF by on this machine: its FLOPs per target token at the matmul peak vs HF's measured speed.
 """
 from __future__ import annotations
 
@@ -25,35 +26,9 @@ from s2s_ft.datasets.minilm import minilm_dir
 from s2s_ft.loss import seq2seq_loss
 from s2s_ft.packing import Packer
 
+from roofline import ceiling, counted_flops, matmul_peak, sync
+
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def matmul_peak(device, dtype, size=2048, repeats=10):
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    sync(device)
-    return 2 * size ** 3 * repeats / (time.perf_counter() - start)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def our_flops(config, batch) -> float:
-    """Forward + backward FLOPs of one packed batch (see the module docstring)."""
-    h, i, e, v = config.hidden_size, config.intermediate_size, config.word_embedding_size, config.vocab_size
-    b, length = batch.input_ids.shape
-    per_token = config.num_hidden_layers * (4 * h * h + 2 * h * i)
-    attention = config.num_hidden_layers * 2 * h * length * length * b
-    head = batch.num_predicted * (h * e + e * v)
-    return 3 * 2 * (b * length * per_token + attention + head)
 
 
 class Ours:
@@ -65,7 +40,7 @@ class Ours:
         self.packer = Packer(method, special, target_mask_prob=0.5)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5)
         self.pairs, self.args, self.device, self.name = pairs, args, device, f"ours_{method}"
-        self.counter, self.flops = 0, 0.0
+        self.counter = 0
 
     def step(self):
         size = self.args.batch_size
@@ -78,7 +53,6 @@ class Ours:
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.flops += our_flops(self.model.config, batch)
         return sum(len(p.target) + 1 for p in examples)
 
 
@@ -93,7 +67,7 @@ class HFBert2Bert:
         self.model.config.pad_token_id = tokenizer.pad_token_id
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5)
         self.pairs, self.args, self.device, self.tokenizer = pairs, args, device, tokenizer
-        self.counter, self.flops = 0, 0.0
+        self.counter = 0
 
     def step(self):
         size, pad = self.args.batch_size, self.tokenizer.pad_token_id
@@ -141,10 +115,8 @@ def main():
     systems = [Ours(m, model_dir, pairs, args, device) for m in ("causal", "masked", "pseudo_masked")]
     systems.append(HFBert2Bert(model_dir, pairs, args, device, tokenizer))
     totals = {s.name: [0, 0.0] for s in systems}  # target tokens, seconds
-    flops_counted = {s.name: 0.0 for s in systems}
     for round_index in range(args.rounds):
         for system in systems:
-            flops_before = system.flops
             sync(device)
             start = time.perf_counter()
             tokens = sum(system.step() for _ in range(args.steps))
@@ -152,16 +124,22 @@ def main():
             if round_index:  # round 0 warms up
                 totals[system.name][0] += tokens
                 totals[system.name][1] += time.perf_counter() - start
-                flops_counted[system.name] += system.flops - flops_before
+    flops_per_token = {}
+    for system in systems:  # untimed: the counter slows every operation down
+        tokens = []
+        flops = counted_flops(lambda: tokens.extend(system.step() for _ in range(args.steps)))
+        flops_per_token[system.name] = flops / sum(tokens)
     peak = matmul_peak(device, AUTOCAST[args.precision] or torch.float32)
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
                "precision": args.precision, "batch_size": args.batch_size, "matmul_peak_tflops": peak / 1e12}
     hf_rate = totals["hf_bert2bert"][0] / totals["hf_bert2bert"][1]
     for name, (tokens, seconds) in totals.items():
-        row = {"target_tokens_per_s": tokens / seconds, "over_hf": tokens / seconds / hf_rate}
-        if flops_counted[name]:
-            row["tflops"] = flops_counted[name] / seconds / 1e12
-            row["fraction_of_peak"] = flops_counted[name] / seconds / peak
+        rate = tokens / seconds
+        row = {"target_tokens_per_s": rate, "over_hf": rate / hf_rate,
+               "gflop_per_target_token": flops_per_token[name] / 1e9,
+               "tflops": flops_per_token[name] * rate / 1e12,
+               "fraction_of_peak": flops_per_token[name] * rate / peak,
+               "ceiling_at_peak": ceiling(flops_per_token[name], peak, hf_rate)}
         results[name] = row
         print(f"{name:20s} " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
     print(f"matmul peak {peak / 1e12:.3f} TFLOP/s ({args.precision})")
