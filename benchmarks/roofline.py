@@ -57,19 +57,23 @@ DENSE_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::_sc
 
 
 def dense_time_share(run, device) -> float:
-    """The share of ``run()``'s profiled operator time (device time on a GPU) spent in matmul and attention."""
+    """The share of ``run()``'s wall time spent in matmul and attention kernels (device time on a GPU): their
+    profiled time over the wall time of an unprofiled run, so that Python between the kernels counts as overhead."""
     from torch.profiler import ProfilerActivity, profile
+    sync(device)
+    start = time.perf_counter()
+    run()
+    sync(device)
+    wall_us = (time.perf_counter() - start) * 1e6
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as profiler:
         run()
         sync(device)
-    events = profiler.key_averages()
-    if device.type == "cuda":
-        times = {event.key: event.self_device_time_total for event in events}
-    else:
-        times = {event.key: event.self_cpu_time_total for event in events}
-    dense = sum(t for key, t in times.items() if key.startswith(DENSE_OPS))
-    return dense / sum(times.values())
+    dense_us = 0.0
+    for event in profiler.key_averages():
+        if event.key.startswith(DENSE_OPS):
+            dense_us += event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+    return dense_us / wall_us
 
 
 def ceiling(flops_per_item: float, peak: float, baseline_items_per_s: float) -> float:
