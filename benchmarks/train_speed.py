@@ -1,6 +1,6 @@
 """Training throughput, measured side by side in one run: target tokens/s of our three fine-tuning methods and of
-HF ``EncoderDecoderModel`` (bert2bert warm-started from the same checkpoint), same data, same batch, plus our
-achieved FLOP/s against a matmul peak measured in the same run.
+HF ``EncoderDecoderModel`` (bert2bert warm-started from the same checkpoint), same data, same batch, plus each
+system's achieved FLOP/s against a matmul peak measured in the same run.
 
 The systems take turns (round-robin, ``--rounds`` rounds of ``--steps`` optimizer steps each) so that machine noise
 hits all of them alike; the first round is a warm-up and is not counted.
