@@ -58,17 +58,16 @@ DENSE_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::_sc
 
 def dense_time_share(run, device) -> float:
     """The share of ``run()``'s wall time spent in matmul and attention kernels (device time on a GPU): their
-    profiled time over the wall time of an unprofiled run, so that Python between the kernels counts as overhead."""
+    profiled time over the wall time of the same profiled run, so that Python between the kernels counts as
+    overhead and the profiler's own cost weighs on both sides."""
     from torch.profiler import ProfilerActivity, profile
-    sync(device)
-    start = time.perf_counter()
-    run()
-    sync(device)
-    wall_us = (time.perf_counter() - start) * 1e6
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as profiler:
+        sync(device)
+        start = time.perf_counter()
         run()
         sync(device)
+        wall_us = (time.perf_counter() - start) * 1e6
     dense_us = 0.0
     for event in profiler.key_averages():
         if event.key.startswith(DENSE_OPS):

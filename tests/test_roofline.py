@@ -42,10 +42,21 @@ def test_model_forward_flops_match_the_hand_count():
 def test_ceiling_and_dense_share():
     # 1e9 FLOPs per item at a 1e12 FLOP/s peak is 1,000 items/s: 10x a baseline doing 100 items/s.
     assert roofline.ceiling(1e9, 1e12, 100.0) == 10.0
-    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    a, b = torch.randn(384, 384), torch.randn(384, 384)
+    big = torch.randn(4_000_000)
 
-    def work():
-        for _ in range(5):
-            torch.relu(a @ b)
-    share = roofline.dense_time_share(work, torch.device("cpu"))
-    assert 0.0 < share < 1.0  # the matmuls count as dense, the ReLUs do not
+    def matmuls():
+        for _ in range(20):
+            a @ b
+
+    def matmuls_and_elementwise():
+        matmuls()
+        for _ in range(10):
+            torch.exp(big)  # not dense: counts as overhead
+
+    cpu = torch.device("cpu")
+    matmuls()  # warm-up
+    only_dense = roofline.dense_time_share(matmuls, cpu)
+    mixed = roofline.dense_time_share(matmuls_and_elementwise, cpu)
+    assert 0.8 < only_dense <= 1.0 + 1e-3  # all of it, up to Python between the calls
+    assert mixed < 0.75 * only_dense
