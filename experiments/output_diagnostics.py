@@ -1,0 +1,56 @@
+"""Does a system read its source? Diagnostics of the outputs of a method-comparison run, next to its scores.
+
+For every system and seed under ``WORK_DIR/DATASET/`` (``pred.txt`` against the run's evaluation file): how many
+outputs are distinct, their mean length in words, and the share that has at least one word in common with its
+source outside a short list of function and question words. The references get the same figures, as the bar: a
+system that writes the same generic output for every input scores low on all three, whatever its ROUGE.
+
+    python experiments/output_diagnostics.py /tmp/mc_main/squad_qg
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import statistics
+
+FUNCTION_WORDS = frozenset(
+    "the a an of in on at by for from with as to and or is are was were be been do does did what which who whom "
+    "whose when where why how many much year name 's ? , . -lrb- -rrb-".split())
+
+
+def content_words(text: str) -> set:
+    return set(text.lower().split()) - FUNCTION_WORDS
+
+
+def diagnostics(outputs: list, sources: list) -> dict:
+    overlap = sum(bool(content_words(out) & content_words(src)) for out, src in zip(outputs, sources))
+    return {"distinct": len(set(outputs)), "mean_words": statistics.fmean(len(o.split()) for o in outputs),
+            "shares_source_word": 100.0 * overlap / len(outputs)}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("dataset_dir", help="WORK_DIR/DATASET of experiments/method_comparison.py")
+    args = parser.parse_args(argv)
+    evaluation = sorted(glob.glob(os.path.join(args.dataset_dir, "eval.*.jsonl")))
+    if not evaluation:
+        raise SystemExit(f"{args.dataset_dir}: no eval.*.jsonl (not a method_comparison dataset dir)")
+    records = [json.loads(line) for line in open(evaluation[0], encoding="utf-8") if line.strip()]
+    sources = [r["src"] for r in records]
+    references = [r["refs"][0] if "refs" in r else r["tgt"] for r in records]
+    rows = {"references": diagnostics(references, sources)}
+    for pred in sorted(glob.glob(os.path.join(args.dataset_dir, "*", "seed*", "pred.txt"))):
+        system, seed = pred.split(os.sep)[-3:-1]
+        outputs = open(pred, encoding="utf-8").read().splitlines()
+        if len(outputs) != len(sources):
+            raise SystemExit(f"{pred}: {len(outputs)} lines, {evaluation[0]} has {len(sources)}")
+        rows[f"{system} {seed}"] = diagnostics(outputs, sources)
+    print(f"{'':24s} {'distinct':>9s} {'words':>6s} {'shares a source word':>21s}   ({len(sources)} examples)")
+    for name, row in rows.items():
+        print(f"{name:24s} {row['distinct']:9d} {row['mean_words']:6.1f} {row['shares_source_word']:20.1f}%")
+
+
+if __name__ == "__main__":
+    main()
