@@ -1,16 +1,23 @@
-"""The pure table / argument helpers of experiments/method_comparison.py (no data, no models, no subprocesses)."""
+"""The pure table / argument / diagnostic helpers of experiments/method_comparison.py and output_diagnostics.py
+(no data, no models, no subprocesses)."""
 import importlib.util
 import os
 import sys
 
 import pytest
 
-PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
-                    "method_comparison.py")
-spec = importlib.util.spec_from_file_location("method_comparison", PATH)
-mc = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = mc  # dataclasses look their module up there
-spec.loader.exec_module(mc)
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+
+
+def load_experiment(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(EXPERIMENTS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+mc = load_experiment("method_comparison")
 
 
 def test_aggregate_mean_and_sample_std_over_seeds():
@@ -63,3 +70,15 @@ def test_parse_args_subsets_and_seeds(tmp_path):
     assert args.steps == {"squad_qg": 5, "scitldr": mc.DEFAULTS["steps"]["scitldr"]}
     with pytest.raises(SystemExit):
         mc.parse_args(["--systems", "causal,bart"])
+
+
+def test_output_diagnostics_count_distinct_outputs_and_source_words():
+    diagnostics = load_experiment("output_diagnostics").diagnostics
+    sources = ["denver broncos won super bowl 50", "the game was played in santa clara", "beyonce sang"]
+    outputs = ["what team won super bowl 50 ?", "in what year was the name ?", "in what year was the name ?"]
+    row = diagnostics(outputs, sources)
+    assert row["distinct"] == 2
+    assert row["mean_words"] == (7 + 7 + 7) / 3
+    # Only the first output shares a word beyond function and question words ("super", "bowl", "50");
+    # the second shares "the", "was" and "in" with its source, which do not count.
+    assert row["shares_source_word"] == pytest.approx(100 / 3)
