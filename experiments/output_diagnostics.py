@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for s2s_ft
+
+from s2s_ft.evaluate import join_pieces, read_dev_examples, read_hypotheses  # noqa: E402
 
 FUNCTION_WORDS = frozenset(
     "the a an of in on at by for from with as to and or is are was were be been do does did what which who whom "
@@ -37,13 +41,12 @@ def main(argv=None) -> None:
     evaluation = sorted(glob.glob(os.path.join(args.dataset_dir, "eval.*.jsonl")))
     if not evaluation:
         raise SystemExit(f"{args.dataset_dir}: no eval.*.jsonl (not a method_comparison dataset dir)")
-    records = [json.loads(line) for line in open(evaluation[0], encoding="utf-8") if line.strip()]
-    sources = [r["src"] for r in records]
-    references = [r["refs"][0] if "refs" in r else r["tgt"] for r in records]
-    rows = {"references": diagnostics(references, sources)}
+    sources, references, _ = read_dev_examples(evaluation[0])
+    sources = [src if isinstance(src, str) else join_pieces(src) for src in sources]
+    rows = {"references": diagnostics([refs[0] for refs in references], sources)}
     for pred in sorted(glob.glob(os.path.join(args.dataset_dir, "*", "seed*", "pred.txt"))):
         system, seed = pred.split(os.sep)[-3:-1]
-        outputs = open(pred, encoding="utf-8").read().splitlines()
+        outputs = read_hypotheses(pred)
         if len(outputs) != len(sources):
             raise SystemExit(f"{pred}: {len(outputs)} lines, {evaluation[0]} has {len(sources)}")
         rows[f"{system} {seed}"] = diagnostics(outputs, sources)
