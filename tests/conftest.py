@@ -5,6 +5,7 @@ tests compare the code against a reference written from the documented layout, n
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -17,6 +18,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import s2s_ft wi
 
 from s2s_ft.model import ModelConfig, UnifiedTransformer
 from s2s_ft.packing import Pair, SpecialIds
+
+
+def load_script(folder: str, name: str):
+    """A repository script that is not a package module (``benchmarks/roofline.py``, ``experiments/...``)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 SPECIAL = SpecialIds(cls=1, sep=2, mask=3, pad=0, vocab_size=50, source_type=0, target_type=1)

@@ -1,23 +1,10 @@
 """The pure table / argument / diagnostic helpers of experiments/method_comparison.py and output_diagnostics.py
 (no data, no models, no subprocesses)."""
-import importlib.util
-import os
-import sys
-
 import pytest
 
-EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+from conftest import load_script
 
-
-def load_experiment(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(EXPERIMENTS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-mc = load_experiment("method_comparison")
+mc = load_script("experiments", "method_comparison")
 
 
 def test_aggregate_mean_and_sample_std_over_seeds():
@@ -73,7 +60,7 @@ def test_parse_args_subsets_and_seeds(tmp_path):
 
 
 def test_output_diagnostics_count_distinct_outputs_and_source_words():
-    diagnostics = load_experiment("output_diagnostics").diagnostics
+    diagnostics = load_script("experiments", "output_diagnostics").diagnostics
     sources = ["denver broncos won super bowl 50", "the game was played in santa clara", "beyonce sang"]
     outputs = ["what team won super bowl 50 ?", "in what year was the name ?", "in what year was the name ?"]
     row = diagnostics(outputs, sources)

@@ -1,17 +1,11 @@
 """The benchmarks' FLOP accounting (benchmarks/roofline.py) against hand-derived counts: the speed ceilings in the
 README are only as good as these numbers."""
-import importlib.util
-import os
-
 import torch
 import torch.nn.functional as F
 
-from conftest import make_model
+from conftest import load_script, make_model
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "roofline.py")
-_spec = importlib.util.spec_from_file_location("roofline", _PATH)
-roofline = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(roofline)
+roofline = load_script("benchmarks", "roofline")
 
 
 def test_attention_flops_are_counted_on_cpu():
