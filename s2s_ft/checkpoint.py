@@ -294,8 +294,12 @@ def _extend_positions(table: torch.Tensor, rows: int, offset: int) -> torch.Tens
 # --------------------------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------------------------
+HEAD_INITS = ("random", "identity")
+
+
 def load_pretrained(model_type: str, model_name_or_path: Optional[str], config_name: Optional[str] = None,
-                    min_positions: Optional[int] = None, log: logging.Logger = _LOG) -> tuple[UnifiedTransformer, dict]:
+                    min_positions: Optional[int] = None, log: logging.Logger = _LOG,
+                    head_init: str = "random") -> tuple[UnifiedTransformer, dict]:
     """Build a ``UnifiedTransformer`` from a local HF / UniLM checkpoint directory.
 
     ``config_name`` (a directory or a JSON file) replaces the directory's config.json; with ``model_name_or_path``
@@ -305,7 +309,12 @@ def load_pretrained(model_type: str, model_name_or_path: Optional[str], config_n
     Returns ``(model, info)``; info holds ``hf_config`` (the config.json content as read), ``model_type``, ``family``,
     ``weights_file``, ``fresh`` (our parameter names not filled from the file), ``fresh_head`` and
     ``positions_extended`` (None or ``(old_positions, new_positions)``).
+
+    ``head_init`` says how an MLM head that the checkpoint lacks starts: ``random`` (BERT's init) or ``identity``
+    (``MLMHead.start_as_identity``; falls back to random, with a warning, where the widths differ).
     """
+    if head_init not in HEAD_INITS:
+        raise CheckpointError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
     family = _family(model_type)
     if model_name_or_path is None and config_name is None:
         raise CheckpointError("neither a checkpoint directory nor a config_name was given")
@@ -345,6 +354,13 @@ def load_pretrained(model_type: str, model_name_or_path: Optional[str], config_n
     trained_rows = usable + config.position_offset if info["positions_extended"] else None
     info["fresh"] = _fill(model, family, state, weights_file, log, trained_rows)
     info["fresh_head"] = any(name.startswith("head.") for name in info["fresh"])
+    if info["fresh_head"] and head_init == "identity":
+        try:
+            model.head.start_as_identity(model.layers[-1].ffn_norm)
+            log.info("%s: the fresh MLM head starts as the identity (transform = I, LayerNorm copied from the last "
+                     "layer)", weights_file)
+        except ValueError as error:
+            log.warning("%s: %s; the fresh MLM head keeps its random start", weights_file, error)
     return model, info
 
 

@@ -231,6 +231,23 @@ class MLMHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(self.norm(self.act(self.transform(hidden))), self.word_embeddings.weight, self.bias)
 
+    @torch.no_grad()
+    def start_as_identity(self, scale_like: nn.LayerNorm) -> None:
+        """Start a fresh head as (nearly) a pass-through: transform = I, zero biases, and the LayerNorm copied from
+        ``scale_like`` (the body's last LayerNorm, so the head's output has the scale of the body's output).
+
+        Why: a body that keeps token identity in its last hidden states then scores each word by its similarity to
+        the (tied) word embeddings from step 0, which is what copying a source word needs; a random transform hides
+        that and has to be learnt first. Needs hidden_size == the word-embedding width (not ELECTRA generators).
+        """
+        if self.transform.weight.shape[0] != self.transform.weight.shape[1]:
+            raise ValueError(f"an identity head needs a square transform, got {tuple(self.transform.weight.shape)}")
+        self.transform.weight.copy_(torch.eye(self.transform.weight.shape[0]))
+        self.transform.bias.zero_()
+        self.norm.weight.copy_(scale_like.weight)
+        self.norm.bias.copy_(scale_like.bias)
+        self.bias.zero_()
+
 
 class UnifiedTransformer(nn.Module):
     def __init__(self, config: ModelConfig):

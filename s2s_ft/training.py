@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model_type", required=True, choices=checkpoint.MODEL_TYPES)
     add("--model_name_or_path", default=None, help="local HF checkpoint directory to start from")
     add("--config_name", default=None, help="HF config.json (or its dir): random init when no weights are given")
+    add("--fresh_head_init", default="random", choices=checkpoint.HEAD_INITS,
+        help="how an MLM head the checkpoint lacks starts: random (BERT init) or identity (transform = I, "
+             "LayerNorm copied from the last layer: the tied decoder scores words by similarity from step 0)")
     add("--tokenizer_name", default=None, help="tokenizer directory (default: the model directory)")
     add("--train_file", required=True,
         help="seq2seq: JSONL, one {\"src\": ..., \"tgt\": ...} a line; mass: one sentence a line (plain text, "
@@ -528,7 +531,8 @@ def _train(args: argparse.Namespace, world: World) -> str:
     tokenizer = load_tokenizer(args.tokenizer_name)
     model, info = checkpoint.load_pretrained(
         args.model_type, args.model_name_or_path, config_name=args.config_name,
-        min_positions=args.max_source_seq_length + args.max_target_seq_length, log=log)
+        min_positions=args.max_source_seq_length + args.max_target_seq_length, log=log,
+        head_init=args.fresh_head_init)
     hf_config = info["hf_config"]
     source_type, target_type = checkpoint.default_segment_ids(args.model_type, hf_config)
     special = special_ids(tokenizer, source_type, target_type)
