@@ -13,6 +13,15 @@ Greedy search is beam search with one beam.
 Scores are sums of token log-probabilities; finished hypotheses are ranked by score / lp(length) with GNMT's
 length penalty lp(n) = ((5 + n) / 6) ** alpha (alpha = ``length_penalty``; 0 disables it), n counting the
 closing [SEP].
+
+Beam search, per sentence and step (fairseq's and HF's rule): the k live beams' continuations are ranked by their
+raw summed log-probability and the best 2k are read in rank order. A [SEP] candidate ranked among the best k is
+finished (ranked lower, it is dropped: it was not good enough to stay in the beam); any other candidate becomes one
+of the next k live beams. At ``max_tgt_length`` every candidate ranked among the best k is finished without a
+[SEP] (``Hypothesis.finished`` False). A sentence stops as soon as it holds k finished hypotheses ("early stop",
+fairseq's rule and HF's ``early_stopping=True``): with a length penalty (alpha > 0) a live beam could still have
+finished later with a better normalised score; like fairseq we do not wait for it. A sentence whose candidates
+are all banned (min_len, n-gram blocking, layout tokens) stops with what it has, possibly nothing.
 """
 from __future__ import annotations
 
@@ -183,12 +192,14 @@ class Seq2SeqDecoder:
             for a in range(alive):
                 sentence = sentences_h[a]
                 chosen = []
-                for score, b, t in zip(top_scores_h[a], beam_h[a], token_h[a]):
+                for rank, (score, b, t) in enumerate(zip(top_scores_h[a], beam_h[a], token_h[a])):
                     if score == float("-inf"):
                         break
                     row = a * k + b
                     if t == sp.sep or last_step:
-                        if len(finished[sentence]) < k:
+                        # only a [SEP] that would have kept its place in the beam finishes; the break below never
+                        # skips one (the k-th live candidate has rank >= k - 1)
+                        if rank < k and len(finished[sentence]) < k:
                             ids = tokens_h[row].tolist() + ([] if t == sp.sep else [t])
                             length = len(ids) + 1 if t == sp.sep else len(ids)
                             finished[sentence].append(Hypothesis(

@@ -84,6 +84,10 @@ class LoadedDecoder:
                 results[index] = hyps
             bar.update(len(chunk))
         bar.close()
+        empty = sum(hyps == [] for hyps in results)
+        if empty:  # not a silent blank line: say how many, and why it happens
+            log.warning("%d of %d sentences ended with no hypothesis (every candidate was banned: min_len, n-gram "
+                        "blocking or the length limit); their outputs are empty", empty, len(sources))
         return results
 
     def decode_texts(self, sources: Sequence, batch_size: int = 32, **search) -> list[str]:

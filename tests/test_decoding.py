@@ -126,6 +126,53 @@ def test_beam_search_is_exact_when_the_beam_covers_every_hypothesis(method):
         assert [round(h.score, 4) for h in hyps] == [round(s, 4) for s, _ in scored[:len(hyps)]]
 
 
+def reference_beam_search(model, method, source, sp, k, max_len, alpha):
+    """The documented beam rule written out one hypothesis at a time with full forward passes (no batch, no cache):
+    rank all continuations by raw score, read the best 2k in order, finish a [SEP] (or, at the length limit, any
+    token) only if it ranks among the best k, keep the first k others live; stop at k finished hypotheses."""
+    never = {sp.cls, sp.pad, sp.mask}
+    live, finished = [([], 0.0)], []
+    for step in range(max_len):
+        candidates = []
+        for words, total in live:
+            log_probs = reference_log_probs(model, method, source, words, sp)
+            candidates += [(total + float(log_probs[t]), words, t) for t in range(len(log_probs)) if t not in never]
+        candidates.sort(key=lambda c: -c[0])
+        last, next_live = step == max_len - 1, []
+        for rank, (total, words, t) in enumerate(candidates[:2 * k]):
+            if t == sp.sep or last:
+                if rank < k and len(finished) < k:
+                    hyp = words if t == sp.sep else words + [t]
+                    n = len(hyp) + (t == sp.sep)
+                    finished.append((total / ((5 + n) / 6) ** alpha, hyp))
+            elif len(next_live) < k:
+                next_live.append((words + [t], total))
+        if len(finished) >= k or not next_live:
+            break
+        live = next_live
+    return sorted(finished, key=lambda h: -h[0])
+
+
+@pytest.mark.parametrize("method", ["causal", "pseudo_masked"])
+@pytest.mark.parametrize("beam", [2, 3])
+def test_beam_search_matches_a_brute_force_beam_that_prunes(method, beam):
+    # Three word ids and 5 steps give hundreds of hypotheses for a beam of 2 or 3, so pruning decides the result;
+    # [SEP] is made about as likely as a word so that it often lands just below the best k candidates.
+    vocab, max_len = 7, 5
+    for seed in range(6):
+        model, sp = make(vocab=vocab, seed=seed), special(vocab)
+        with torch.no_grad():
+            model.head.bias[sp.sep] += 1.0
+        decoder = Seq2SeqDecoder(model, sp, method)
+        sources = [[4, 5, 6], [6], [5, 5, 4, 6]]
+        for alpha in (0.0, 1.0):
+            config = SearchConfig(beam_size=beam, max_tgt_length=max_len, min_len=0, length_penalty=alpha, nbest=beam)
+            for source, hyps in zip(sources, decoder.generate(sources, config)):
+                expected = reference_beam_search(model, method, source, sp, beam, max_len, alpha)
+                assert [h.tokens for h in hyps] == [words for _, words in expected]
+                assert [h.score for h in hyps] == pytest.approx([score for score, _ in expected], abs=1e-4)
+
+
 def has_repeated_ngram(tokens, n, ignore=()):
     seen = set()
     for i in range(len(tokens) - n + 1):
@@ -190,3 +237,21 @@ def test_batched_decoding_equals_one_by_one_and_keeps_order():
     together = decoder.generate(SOURCES, config)
     alone = [decoder.generate([s], config)[0] for s in SOURCES]
     assert [[h.tokens for h in x] for x in together] == [[h.tokens for h in x] for x in alone]
+
+
+def test_a_sentence_with_every_candidate_banned_ends_empty_with_a_counted_warning(caplog):
+    from s2s_ft.inference import LoadedDecoder
+    # Two words, each allowed once (1-gram blocking), and [SEP] forbidden before 5 tokens: step 2 has no candidate.
+    model, sp = make(vocab=6, seed=2), special(6)
+    decoder = Seq2SeqDecoder(model, sp, "pseudo_masked")
+    config = SearchConfig(beam_size=2, max_tgt_length=8, min_len=5, forbid_duplicate_ngrams=True, ngram_size=1)
+    assert decoder.generate([[4, 5]], config) == [[]]
+    loaded = LoadedDecoder(decoder, tokenizer=None, settings={})
+    with caplog.at_level("WARNING", logger="s2s_ft"):
+        results = loaded.decode_ids([[4, 5], [5], [4]], config)
+    assert results == [[], [], []]
+    assert "3 of 3 sentences ended with no hypothesis" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="s2s_ft"):
+        loaded.decode_ids([[4, 5]], SearchConfig(beam_size=2, max_tgt_length=8, min_len=1))
+    assert "no hypothesis" not in caplog.text
