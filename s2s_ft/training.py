@@ -717,7 +717,8 @@ def _train(args: argparse.Namespace, world: World) -> str:
                       "lr": scheduler.get_last_lr()[0], "grad_norm": round(norm, 4) if math.isfinite(norm) else None,
                       "tokens_per_s": round(window["tokens"] / elapsed, 1),
                       "target_tokens_per_s": round(window["target_tokens"] / elapsed, 1),
-                      "padding": round(1 - window["tokens"] / max(1, window["padded_tokens"]), 4)}
+                      "padding": round(1 - window["tokens"] / max(1, window["padded_tokens"]), 4),
+                      "seconds": round(elapsed, 3)}  # wall time of the window (a dev evaluation in it included)
             if window["skipped"]:
                 record["skipped_steps"] = window["skipped"]
             if world.is_main:

@@ -122,6 +122,37 @@ def test_hidden_states_match_hf_base_model(name, hf_checkpoints, caplog):
     assert max_diff(ours(model, ids), expected) < TOL
 
 
+@pytest.mark.parametrize("name", ["bert-headless", "electra-discriminator"])
+def test_identity_head_scores_words_by_similarity_to_the_last_hidden_state(name, hf_checkpoints, caplog):
+    """A fresh head started as the identity: logits = LN_last(gelu(h)) . E^T, with h and the last layer's output
+    LayerNorm taken from HF's own model (the reference), E the checkpoint's word embeddings, no bias."""
+    model_type, path, _ = hf_checkpoints[name]
+    with caplog.at_level(logging.INFO, logger="s2s_ft.checkpoint"):
+        model, info = load_pretrained(model_type, path, head_init="identity")
+    assert info["fresh_head"] and "starts as the identity" in caplog.text
+    reference = HF_CASES[name][3].from_pretrained(path).eval()
+    ids = input_ids()
+    hidden = hf_outputs(reference, ids).last_hidden_state
+    last_norm = reference.encoder.layer[-1].output.LayerNorm
+    expected = torch.nn.functional.layer_norm(torch.nn.functional.gelu(hidden), (HIDDEN,), last_norm.weight,
+                                              last_norm.bias, last_norm.eps) @ reference.get_input_embeddings().weight.T
+    assert max_diff(logits(model, ids), expected) < TOL
+    # the default stays BERT's random init; a checkpoint that has a head keeps it whatever head_init says
+    assert not torch.equal(load_pretrained(model_type, path)[0].head.transform.weight, torch.eye(HIDDEN))
+    with_head, _ = load_pretrained(*hf_checkpoints["bert"][:2], head_init="identity")
+    assert max_diff(logits(with_head, ids), hf_outputs(hf_checkpoints["bert"][2], ids).logits) < TOL
+
+
+def test_identity_head_needs_a_square_transform(tmp_path, caplog):
+    config = T.ElectraConfig(**SIZES, embedding_size=16, max_position_embeddings=40)
+    write_hf(T.ElectraModel, config, str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="s2s_ft.checkpoint"):
+        model, info = load_pretrained("electra", str(tmp_path), head_init="identity")
+    assert info["fresh_head"] and "keeps its random start" in caplog.text
+    with pytest.raises(CheckpointError, match="head_init must be one of"):
+        load_pretrained("electra", str(tmp_path), head_init="zeros")
+
+
 @pytest.mark.parametrize("name", sorted(HAS_MLM_HEAD))
 def test_mlm_logits_match_hf(name, hf_checkpoints):
     model_type, path, hf_model = hf_checkpoints[name]
