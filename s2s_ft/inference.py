@@ -23,6 +23,7 @@ from . import checkpoint
 from .cli import UsageError, run_cli
 from .data import DataError, iter_jsonl, load_tokenizer, tokenize_sides
 from .decoding import Hypothesis, SearchConfig, Seq2SeqDecoder
+from .detokenize import DETOKENIZE_HELP, DETOKENIZERS, detokenize
 from .distributed import World, init_world
 from .fileio import fsync_path, write_atomic
 from .packing import SpecialIds
@@ -35,8 +36,11 @@ AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class LoadedDecoder:
     """A checkpoint's model, tokenizer and settings with text-in / text-out helpers."""
 
-    def __init__(self, decoder: Seq2SeqDecoder, tokenizer, settings: dict):
+    def __init__(self, decoder: Seq2SeqDecoder, tokenizer, settings: dict, detokenize: str = "text"):
+        if detokenize not in DETOKENIZERS:
+            raise UsageError(f"--detokenize {detokenize}: choose from {', '.join(DETOKENIZERS)}")
         self.decoder, self.tokenizer, self.settings = decoder, tokenizer, settings
+        self.detokenize = detokenize  # see s2s_ft/detokenize.py
 
     @property
     def max_source_length(self) -> int:
@@ -50,9 +54,8 @@ class LoadedDecoder:
         return [x[:limit] for x in ids], truncated
 
     def text(self, tokens: Sequence[int]) -> str:
-        """Detokenised text: WordPiece ## pieces merged, BPE / SentencePiece through the tokenizer's decoder."""
-        return self.tokenizer.decode(list(tokens), skip_special_tokens=True,
-                                     clean_up_tokenization_spaces=False).strip()
+        """Detokenised text in the ``detokenize`` style (the tokenizer's decoder, or spaced / PTB tokens)."""
+        return detokenize(self.tokenizer, tokens, self.detokenize)
 
     def check_position_budget(self, sources: Sequence[Sequence[int]], max_tgt_length: int,
                               remedy: str = "lower --max_tgt_length or --max_seq_length") -> None:
@@ -97,7 +100,8 @@ class LoadedDecoder:
         return [self.text(hyps[0].tokens) if hyps else "" for hyps in self.decode_ids(ids, config, batch_size)]
 
 
-def load_decoder(path: str, device: Optional[str] = None, precision: str = "fp32") -> LoadedDecoder:
+def load_decoder(path: str, device: Optional[str] = None, precision: str = "fp32",
+                 detokenize: str = "text") -> LoadedDecoder:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if precision == "fp16" and device.type != "cuda":
         raise UsageError("--precision fp16 needs a GPU; on CPU use bf16 or fp32")
@@ -105,7 +109,7 @@ def load_decoder(path: str, device: Optional[str] = None, precision: str = "fp32
     tokenizer = load_tokenizer(path)
     special = SpecialIds(**settings["special_ids"])
     decoder = Seq2SeqDecoder(model, special, settings["fine_tune"], device, AUTOCAST_DTYPES[precision])
-    return LoadedDecoder(decoder, tokenizer, settings)
+    return LoadedDecoder(decoder, tokenizer, settings, detokenize)
 
 
 def write_lines_atomic(path: str, lines: Sequence[str]) -> None:
@@ -137,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no_cache", action="store_true", help="reference path: recompute the whole sequence every step")
     add("--nbest", type=int, default=1)
     add("--output_format", default="text", choices=("text", "jsonl"))
+    add("--detokenize", default="text", choices=DETOKENIZERS, help=DETOKENIZE_HELP)
     add("--device", default=None)
     add("--skip_bad_lines", action="store_true",
         help="a malformed input line is counted and gets an empty output line (output stays aligned with input)")
@@ -321,7 +326,7 @@ def _decode_file(args: argparse.Namespace, device: torch.device, world: World) -
     sources, numbers = read_sources(args.input_file, args.skip_bad_lines)
     written = []
     for path in paths:
-        loaded = load_decoder(path, str(device), "fp16" if args.fp16 else args.precision)
+        loaded = load_decoder(path, str(device), "fp16" if args.fp16 else args.precision, args.detokenize)
         max_tgt = args.max_tgt_length or int(loaded.settings["max_target_seq_length"])
         if args.min_len > max_tgt:
             raise UsageError(f"--min_len {args.min_len} exceeds the target length {max_tgt}")

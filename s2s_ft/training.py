@@ -40,6 +40,7 @@ from .checkpoint import CheckpointError
 from .cli import TrainingStopped, UsageError, run_cli
 from .data import DataError, load_tokenizer, read_pairs, special_ids
 from .decoding import Seq2SeqDecoder
+from .detokenize import DETOKENIZE_HELP, DETOKENIZERS
 from .distributed import World, init_world
 from .fileio import fsync_path, write_atomic
 from .inference import AUTOCAST_DTYPES, LoadedDecoder
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eval_beam_size", type=int, default=1)
     add("--eval_max_tgt_length", type=int, default=None, help="default: --max_target_seq_length")
     add("--eval_batch_size", type=int, default=32, help="sources per decoding batch")
+    add("--detokenize", default="text", choices=DETOKENIZERS, help="--eval_file " + DETOKENIZE_HELP)
     add("--seed", type=int, default=42)
     add("--precision", default=None, choices=("fp32", "bf16", "fp16"), help="torch.autocast mixed precision")
     add("--fp16", action="store_true", help="alias of --precision fp16 (apex is not used)")
@@ -362,7 +364,7 @@ class DevEvaluator:
         # read and check the dev sample now: a bad line should stop the run at start-up, not after hours
         self.sources, self.refs, numbers = evaluate.read_dev_examples(args.eval_file, args.eval_max_examples or None)
         decoder = Seq2SeqDecoder(model, special, args.fine_tune, args.device, AUTOCAST_DTYPES[args.precision])
-        self.decoder = LoadedDecoder(decoder, tokenizer, settings)
+        self.decoder = LoadedDecoder(decoder, tokenizer, settings, args.detokenize)
         ids, truncated = self.decoder.source_ids(self.sources)
         for source_ids, number in zip(ids, numbers):
             if not source_ids:
@@ -381,6 +383,7 @@ class DevEvaluator:
         self.batch_size, self.output_dir, self.save_best = args.eval_batch_size, args.output_dir, save_best
         # best.json records these; a best found under other settings has a score that cannot be compared
         self.settings = {"eval_file": os.path.abspath(args.eval_file), "eval_max_examples": len(self.sources),
+                         "detokenize": args.detokenize,
                          "eval_metric": self.metric, **{f"eval_{k}": v for k, v in self.search.items()}}
         self.best: Optional[dict] = None
         log.info("evaluating on %d examples of %s every %d steps (%s, beam %d); best model by %s in %s",
