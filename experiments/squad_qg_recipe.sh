@@ -21,7 +21,7 @@ WORK="$2"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
 MODEL_DIR="${MODEL_DIR:-$("$PYTHON" -c 'from s2s_ft.datasets.minilm import minilm_dir; print(minilm_dir())')}"
-STEPS="${STEPS:-2000}"
+STEPS="${STEPS:-3200}"
 SEED="${SEED:-1}"
 for f in train dev; do
   [ -f "$DATA/squad_qg/$f.jsonl" ] || { echo "error: $DATA/squad_qg/$f.jsonl not found" >&2; exit 2; }
@@ -32,23 +32,24 @@ mkdir -p "$WORK"
   --every 20 --sample "$WORK/dev.sample.jsonl"
 
 # The recipe (README, "Recommended settings"): the fresh MLM head starts as the identity, a high peak learning
-# rate with warmup and linear decay, bf16 autocast, sources cut at 96 word pieces (98 % whole).
+# rate with warmup and linear decay, token-budget batches (little padding), bf16 autocast, sources cut at 96 word
+# pieces (98 % whole), outputs in the references' Penn-Treebank tokenisation.
 if [ ! -f "$WORK/model/ckpt-$STEPS/training_state.pt" ]; then
   "$PYTHON" run_seq2seq.py \
     --model_type bert --model_name_or_path "$MODEL_DIR" --fresh_head_init identity \
     --train_file "$DATA/squad_qg/train.jsonl" --output_dir "$WORK/model" --fine_tune pseudo_masked \
     --max_source_seq_length 96 --max_target_seq_length 32 \
-    --per_device_train_batch_size 32 --learning_rate 5e-4 --num_warmup_steps 150 \
+    --max_tokens_per_batch 2400 --learning_rate 5e-4 --num_warmup_steps 200 \
     --num_training_steps "$STEPS" --precision bf16 --seed "$SEED" \
     --logging_steps 25 --save_steps 200 --save_total_limit 2 \
-    --eval_file "$WORK/dev.sample.jsonl" --eval_max_examples 0 --eval_steps 400 \
+    --eval_file "$WORK/dev.sample.jsonl" --eval_max_examples 0 --eval_steps 400 --detokenize ptb \
     --eval_metric bleu4_tok --eval_metrics bleu,rouge --eval_batch_size 64
 fi
 
 "$PYTHON" decode_seq2seq.py \
   --model_path "$WORK/model/ckpt-$STEPS" --input_file "$WORK/dev.grouped.jsonl" --output_file "$WORK/dev.pred.txt" \
   --precision bf16 --batch_size 64 --beam_size 5 --length_penalty 1.0 --min_len 4 --max_tgt_length 32 \
-  --forbid_duplicate_ngrams --ngram_size 3 --resume
+  --forbid_duplicate_ngrams --ngram_size 3 --detokenize ptb --resume
 
 "$PYTHON" experiments/squad_qg.py score "$WORK/dev.grouped.jsonl" "$WORK/dev.pred.txt" \
   --json "$WORK/scores.json" --train_log "$WORK/model/train_log.jsonl"
