@@ -41,7 +41,7 @@ from .cli import TrainingStopped, UsageError, run_cli
 from .data import DataError, load_tokenizer, read_pairs, special_ids
 from .decoding import Seq2SeqDecoder
 from .distributed import World, init_world
-from .fileio import fsync_path, write_atomic
+from .fileio import WRITING, fsync_tree, recover_dir, replace_dir, write_atomic
 from .inference import AUTOCAST_DTYPES, LoadedDecoder
 from .loss import seq2seq_loss
 from .packing import METHODS, Packer, Pair
@@ -53,7 +53,7 @@ MASK_WAY_ALIASES = {"v0": "causal", "v1": "masked", "v2": "pseudo_masked"}  # s2
 TRAINING_STATE = "training_state.pt"
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d+)$")
 BEST_DIR, BEST_JSON, EVAL_LOG = "best", "best.json", "eval_log.jsonl"
-TEMPORARY_PATTERN = re.compile(r"^(ckpt-\d+|best)\..*tmp$")
+TEMPORARY_PATTERN = re.compile(r"^(ckpt-\d+|best)\..*tmp$")  # group 1: the directory it belongs to
 # Test hooks (tests/test_crash_resume.py) that widen the windows in which a SIGKILL lands: seconds to sleep between
 # writing ckpt-STEP.tmp and renaming it ("SECONDS" for every save, "SECONDS@STEP" for one), and after every step.
 SAVE_DELAY_ENV, STEP_DELAY_ENV = "S2S_FT_TEST_SAVE_DELAY", "S2S_FT_TEST_STEP_DELAY"
@@ -242,17 +242,26 @@ def latest_checkpoint(output_dir: str) -> Optional[str]:
 
 
 def remove_stale_temporaries(output_dir: str) -> None:
-    """``ckpt-STEP.tmp`` / ``best.tmp`` dirs are what a killed save leaves behind; they are never resumed from."""
+    """Clean up after saves that a crash interrupted (``fileio.replace_dir``): a complete new ``ckpt-STEP`` or
+    ``best`` waiting to be renamed in is renamed in, a previous version is deleted once its successor is in place,
+    and directories still being written (``*.tmp``) or deleted (``*.deleting.tmp``) are removed; they are never
+    resumed from."""
     if not os.path.isdir(output_dir):
         return
-    best, previous = os.path.join(output_dir, BEST_DIR), os.path.join(output_dir, BEST_DIR + ".old.tmp")
-    if not os.path.isdir(best) and os.path.isfile(os.path.join(previous, BEST_JSON)):
-        # killed while replacing best/: between moving the old one aside and renaming the new one in
-        os.replace(previous, best)
+    names = {m.group(1) for name in os.listdir(output_dir) if (m := TEMPORARY_PATTERN.match(name))}
+    for base in sorted(names):
+        done = recover_dir(os.path.join(output_dir, base), complete=_complete_save)
+        if done:
+            log.warning("%s", done)
     for name in os.listdir(output_dir):
-        if TEMPORARY_PATTERN.match(name):
-            log.warning("removing %s, left by a save that did not finish", os.path.join(output_dir, name))
+        if TEMPORARY_PATTERN.match(name):  # what recover_dir leaves: a checkpoint being deleted by pruning
+            log.warning("removing %s, left by a deletion that did not finish", os.path.join(output_dir, name))
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
+def _complete_save(path: str) -> bool:
+    marker = BEST_JSON if os.path.basename(path).startswith(BEST_DIR) else TRAINING_STATE
+    return os.path.isfile(os.path.join(path, marker))
 
 
 def prune_checkpoints(output_dir: str, limit: Optional[int], keep: str) -> None:
@@ -303,10 +312,11 @@ def current_rank() -> int:
 
 def save_training_checkpoint(path: str, model, args, hf_config, tokenizer, settings,
                              training_state: Optional[dict] = None, extra_files: Optional[dict] = None) -> None:
-    """Write ``path + '.tmp'``, fsync every file and the directory, rename it to ``path``, fsync the parent: after
-    a crash at any point the directory is either complete or absent (a leftover ``.tmp`` is never resumed).
+    """Write ``path + '.tmp'``, fsync every file and the directory, then put it in place of ``path`` with
+    ``fileio.replace_dir``: after a crash at any point, start-up (``remove_stale_temporaries``) finds ``path``
+    complete, old or new (or absent if there was none); a directory still being written is never resumed from.
     ``training_state`` (what resume needs) goes to training_state.pt; ``extra_files`` maps names to text."""
-    temporary = path + ".tmp"
+    temporary = path + WRITING
     shutil.rmtree(temporary, ignore_errors=True)
     checkpoint.save_checkpoint(model, temporary, args.model_type, hf_config, tokenizer=tokenizer, settings=settings)
     if training_state is not None:
@@ -314,16 +324,9 @@ def save_training_checkpoint(path: str, model, args, hf_config, tokenizer, setti
     for name, text in (extra_files or {}).items():
         with open(os.path.join(temporary, name), "w", encoding="utf-8") as handle:
             handle.write(text)
-    for root, _, files in os.walk(temporary):
-        for name in files:
-            fsync_path(os.path.join(root, name))
-    fsync_path(temporary)
+    fsync_tree(temporary)
     _test_delay(SAVE_DELAY_ENV, (training_state or {}).get("step"))
-    if os.path.isdir(path):  # re-saving the same step: move the old one aside first
-        os.replace(path, path + ".old.tmp")
-        shutil.rmtree(path + ".old.tmp", ignore_errors=True)
-    os.replace(temporary, path)  # the directory appears complete or not at all
-    fsync_path(os.path.dirname(os.path.abspath(path)))
+    replace_dir(temporary, path)  # the previous version (re-saving best/ or a step) stays until this one is in
 
 
 def drop_log_records_after(path: str, step: int) -> None:
