@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--learning_rate", type=float, default=5e-5)
     add("--weight_decay", type=float, default=0.01, help="not applied to biases and LayerNorm weights")
     add("--adam_epsilon", type=float, default=1e-8)
-    add("--max_grad_norm", type=float, default=1.0)
+    add("--max_grad_norm", type=float, default=1.0,
+        help="clip the gradient norm to this; <= 0: no clipping (as in HF and s2s-ft)")
     add("--num_training_steps", type=int, default=-1, help="optimizer steps (takes priority over epochs)")
     add("--num_training_epochs", type=float, default=10)
     add("--num_warmup_steps", type=int, default=0, help="linear warmup, then linear decay to 0")
@@ -203,7 +204,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError(f"--save_total_limit must be >= 1, got {args.save_total_limit}")
     if args.num_training_steps == 0 or (args.num_training_steps < 0 and args.num_training_epochs <= 0):
         raise UsageError("nothing to train: give --num_training_steps > 0 or --num_training_epochs > 0")
-    for name in ("learning_rate", "adam_epsilon", "weight_decay", "max_grad_norm", "num_warmup_steps"):
+    for name in ("learning_rate", "adam_epsilon", "weight_decay", "num_warmup_steps"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if not 0 <= args.label_smoothing < 1 or not 0 <= args.target_mask_prob <= 1:
@@ -635,6 +636,8 @@ def _train(args: argparse.Namespace, world: World) -> str:
             {k: str(v) if isinstance(v, torch.device) else v for k, v in vars(args).items()}, indent=2))
 
     autocast_dtype = AUTOCAST_DTYPES[args.precision]
+    # <= 0 means no clipping (HF, s2s-ft); the norm is still measured for the log and the non-finite check
+    max_grad_norm = args.max_grad_norm if args.max_grad_norm > 0 else math.inf
     log_path = os.path.join(args.output_dir, "train_log.jsonl")
     model.gradient_checkpointing = args.gradient_checkpointing
     # Only the forward is compiled, through a separate handle: the optimizer, loss head, gradient all-reduce,
@@ -687,7 +690,7 @@ def _train(args: argparse.Namespace, world: World) -> str:
             window["target_tokens"] += sum(pair.num_predicted_targets for pair in pairs)
         world.sum_gradients(model.parameters())  # once per optimizer step, after accumulation
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         bad = bad_loss or (not scaler.is_enabled() and not bool(torch.isfinite(grad_norm)))
         if scaler.is_enabled() or not bad:  # otherwise skipped: the model and the optimizer state stay as they were
             scaler.step(optimizer)  # fp16: skips the update itself when the gradients hold inf/NaN
