@@ -4,6 +4,7 @@ for "src", and the torch minimum is checked at import."""
 from __future__ import annotations
 
 import json
+import re
 import os
 
 import pytest
@@ -74,3 +75,48 @@ def test_masked_mass_full_target_training_has_no_nan_step(tmp_path):
                                    "--num_training_steps", "12", "--max_bad_steps", "12")) == 0
     log = [json.loads(line) for line in open(out / "train_log.jsonl")]
     assert len(log) == 12 and all(r["loss"] is not None and "skipped_steps" not in r for r in log), log
+
+
+# ---------------------------------------------------------------------------------------------- torch minimum
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_setup_requires_the_torch_minimum_the_code_checks(monkeypatch):
+    import runpy
+    import setuptools
+    import s2s_ft
+
+    captured = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: captured.update(kwargs))
+    monkeypatch.chdir(ROOT)
+    runpy.run_path(os.path.join(ROOT, "setup.py"))
+    assert f"torch>={s2s_ft.MIN_TORCH}" in captured["install_requires"]
+    # the newest torch API the package uses (s2s_ft/model.py) arrived in 2.4: the minimum is not lower
+    assert s2s_ft.MIN_TORCH == "2.4"
+    assert torch.get_autocast_dtype("cpu") is not None and torch.is_autocast_enabled("cpu") in (True, False)
+
+
+@pytest.mark.parametrize("version, ok", [("2.3.1", False), ("1.13.0+cu117", False), ("2.4.0", True),
+                                         ("2.4.0a0+git1234", True), ("2.13.0+cpu", True), ("3.0", True)])
+def test_torch_version_check(version, ok):
+    import s2s_ft
+
+    if ok:
+        s2s_ft.check_torch_version(version)
+    else:
+        with pytest.raises(ImportError, match=f"needs torch>={s2s_ft.MIN_TORCH}.*found torch {re.escape(version)}"):
+            s2s_ft.check_torch_version(version)
+
+
+def test_importing_with_an_older_torch_fails_with_a_clear_message(tmp_path):
+    import subprocess
+    import sys
+
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('__version__ = "2.3.1"\n')
+    result = subprocess.run([sys.executable, "-c", "import s2s_ft"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}, timeout=60)
+    assert result.returncode != 0
+    assert "ImportError: s2s_ft needs torch>=2.4" in result.stderr and "found torch 2.3.1" in result.stderr, \
+        result.stderr
