@@ -24,7 +24,7 @@ from .cli import UsageError, run_cli
 from .data import DataError, iter_jsonl, load_tokenizer, tokenize_sides
 from .decoding import Hypothesis, SearchConfig, Seq2SeqDecoder
 from .distributed import World, init_world
-from .fileio import fsync_path, write_atomic
+from .fileio import fsync_path, sha256_file, write_atomic
 from .packing import SpecialIds
 
 log = logging.getLogger("s2s_ft")
@@ -223,14 +223,6 @@ def report_skipped(path: str, bad: list[str]) -> None:
                     " | ".join(bad[:3]))
 
 
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _resume_identity(args: argparse.Namespace, checkpoint_path: str) -> dict:
     """What a partial output depends on: the input's content and every setting that changes the decoded lines."""
     weights = [os.path.join(checkpoint_path, name) for name in sorted(os.listdir(checkpoint_path))
@@ -240,7 +232,7 @@ def _resume_identity(args: argparse.Namespace, checkpoint_path: str) -> dict:
     settings["weights"] = [(os.path.basename(w), os.path.getsize(w), os.stat(w).st_mtime_ns) for w in weights]
     encoded = json.dumps(settings, sort_keys=True, default=str).encode()
     return {"input": os.path.abspath(args.input_file), "input_size": os.path.getsize(args.input_file),
-            "input_sha256": _sha256_file(args.input_file), "settings_sha256": hashlib.sha256(encoded).hexdigest()}
+            "input_sha256": sha256_file(args.input_file), "settings_sha256": hashlib.sha256(encoded).hexdigest()}
 
 
 def _resume_point(output: str, total: int, identity: dict) -> tuple[int, int]:

@@ -14,7 +14,137 @@ from safetensors.torch import load_file
 
 from s2s_ft import checkpoint, training
 from s2s_ft.data import load_tokenizer
-from test_cli import tiny_bert  # noqa: F401  (fixture)
+from test_cli import tiny_bert, train_args, train_file  # noqa: F401  (fixtures)
+from test_bad_inputs import one_error_line
+
+
+# ------------------------------------------------------------------------------------- what a restart compares
+def restart(out, tiny_bert, data, *extra):  # noqa: F811
+    return training.main(train_args(tiny_bert, data, out, "--num_training_steps", "2", "--save_steps", "1", *extra))
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_bert, train_file, tmp_path_factory):  # noqa: F811
+    """A finished 2-step run (ckpt-1, ckpt-2) that the restarts below are compared against."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert restart(out, tiny_bert, train_file) == 0
+    return out
+
+
+def snapshot(out) -> dict:
+    return {name: os.path.getmtime(out / name) for name in sorted(os.listdir(out)) if name != "cache"}
+
+
+def other_tokenizer(tiny_bert, tmp_path):  # noqa: F811
+    """The same vocabulary and weights, another tokenizer setting (so other tokenizer files)."""
+    copy = tmp_path / "other-tokenizer"
+    shutil.copytree(tiny_bert, copy)
+    config = json.load(open(copy / "tokenizer_config.json"))
+    json.dump({**config, "model_max_length": 77}, open(copy / "tokenizer_config.json", "w"))
+    return ["--tokenizer_name", str(copy)]
+
+
+def other_train_file(tmp_path, train_file):  # noqa: F811
+    changed = tmp_path / "train.jsonl"
+    changed.write_text(open(train_file).read().replace("cat", "dog"))
+    return str(changed)
+
+
+REFUSED = [  # (flags added to the same command, what the error line must say), each on its own
+    (["--seed", "7"], "--seed 42 → 7"),
+    (["--fine_tune", "causal"], "--fine_tune pseudo_masked → causal"),
+    (["--mask_way", "v0"], "--fine_tune pseudo_masked → causal"),
+    (["--per_device_train_batch_size", "2"], "--per_device_train_batch_size 3 → 2"),
+    (["--gradient_accumulation_steps", "2"], "--gradient_accumulation_steps 1 → 2"),
+    (["--max_tokens_per_batch", "40"], "--max_tokens_per_batch (none) → 40"),
+    (["--max_target_seq_length", "7"], "--max_target_seq_length 8 → 7"),
+    (["--learning_rate", "1e-3"], "--learning_rate 0.003 → 0.001"),
+    (["--label_smoothing", "0"], "--label_smoothing 0.1 → 0.0"),
+    (["--max_grad_norm", "0"], "--max_grad_norm 1.0 → 0.0"),
+    (["--precision", "bf16"], "--precision fp32 → bf16"),
+    (["--fresh_head_init", "identity"], "--fresh_head_init random → identity"),
+    (["--skip_bad_lines"], "--skip_bad_lines off → on"),
+    (["--model_type", "minilm"], "--model_type bert → minilm"),
+    ("other-train-file", "--train_file content changed"),
+    ("other-tokenizer", "--tokenizer_name files changed"),
+    (["--seed", "7", "--save_steps", "2", "--allow_changed_flags"],  # which covers --save_steps only
+     "--seed 42 → 7, --save_steps 1 → 2; --seed cannot change within a run"),
+]
+
+
+@pytest.mark.parametrize("extra, expected", REFUSED, ids=[" ".join(c[0]) if isinstance(c[0], list) else c[0]
+                                                          for c in REFUSED])
+def test_restart_with_a_changed_run_flag_is_refused(finished, tiny_bert, train_file, tmp_path, capsys, extra,
+                                                    expected):  # noqa: F811
+    data = train_file
+    if extra == "other-train-file":
+        extra, data = [], other_train_file(tmp_path, train_file)
+    elif extra == "other-tokenizer":
+        extra = other_tokenizer(tiny_bert, tmp_path)
+    before = snapshot(finished)
+    capsys.readouterr()
+    args = train_args(tiny_bert, data, finished, "--num_training_steps", "2", "--save_steps", "1", *extra)
+    if "--model_type" in extra:
+        args[args.index("--model_type") + 1] = extra[extra.index("--model_type") + 1]
+    assert training.main(args) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: {finished / 'ckpt-2'} was trained with other settings: ") and expected in line
+    assert "use a new --output_dir" in line, line
+    assert snapshot(finished) == before  # nothing written: no log, no checkpoint, no invocation record
+
+
+def test_paths_may_change_when_the_content_does_not(finished, tiny_bert, train_file, tmp_path, caplog):  # noqa: F811
+    """Another path to the same training file and tokenizer files, another --cache_dir and --log_level: resumes."""
+    data = tmp_path / "copy.jsonl"
+    shutil.copy(train_file, data)
+    tokenizer = tmp_path / "tokenizer"
+    shutil.copytree(tiny_bert, tokenizer)
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    shutil.rmtree(out / "ckpt-2")
+    assert restart(out, tiny_bert, str(data), "--tokenizer_name", str(tokenizer), "--cache_dir",
+                   str(tmp_path / "cache"), "--log_level", "WARNING") == 0
+    assert sorted(n for n in os.listdir(out) if n.startswith("ckpt-")) == ["ckpt-1", "ckpt-2"]
+    assert [json.loads(line)["step"] for line in open(out / "train_log.jsonl")] == [1, 2]
+
+
+def test_restart_flags_may_change_with_allow_changed_flags(finished, tiny_bert, train_file, tmp_path, capsys,
+                                                            caplog):  # noqa: F811
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    longer = ["--num_training_steps", "4", "--save_steps", "2", "--logging_steps", "2"]
+    capsys.readouterr()
+    assert training.main(train_args(tiny_bert, train_file, out, *longer)) == 2
+    line = one_error_line(capsys)
+    assert (f"error: {out / 'ckpt-2'} was trained with other settings: --num_training_steps 2 → 4, --save_steps 1 "
+            "→ 2, --logging_steps 1 → 2; to resume with the new values add --allow_changed_flags") in line, line
+    with caplog.at_level("WARNING", logger="s2s_ft"):
+        assert training.main(train_args(tiny_bert, train_file, out, *longer, "--allow_changed_flags")) == 0
+    assert "resuming" in caplog.text and "--num_training_steps 2 → 4" in caplog.text
+    assert [json.loads(line)["step"] for line in open(out / "train_log.jsonl")] == [1, 2, 4]
+    state = torch.load(out / "ckpt-4" / training.TRAINING_STATE, weights_only=False)
+    assert state["run"]["num_training_steps"] == 4 and state["run"]["save_steps"] == 2  # the new values from now on
+    invocations = [json.loads(line) for line in open(out / training.INVOCATIONS)]
+    assert [(r["resumed_from"], r["step"], r["args"]["num_training_steps"]) for r in invocations] == [
+        (None, 0, 2), (str(out / "ckpt-2"), 2, 4)]  # the refused start is not a run
+    assert json.load(open(out / "train_args.json"))["num_training_steps"] == 4  # the latest start
+
+
+def test_checkpoint_without_a_run_record_resumes_with_a_warning(finished, tiny_bert, train_file, tmp_path, capsys,
+                                                                 caplog):  # noqa: F811
+    """Checkpoints written before runs were recorded: only what s2s_ft_settings.json tells is compared."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    path = out / "ckpt-2" / training.TRAINING_STATE
+    state = torch.load(path, weights_only=False)
+    del state["run"]
+    torch.save(state, path)
+    assert restart(out, tiny_bert, train_file, "--fine_tune", "causal") == 2
+    assert "--fine_tune pseudo_masked → causal" in one_error_line(capsys)
+    with caplog.at_level("WARNING", logger="s2s_ft"):
+        assert restart(out, tiny_bert, train_file, "--seed", "7", "--num_training_steps", "3") == 0
+    assert "was saved before runs were recorded: only --model_type, --fine_tune" in caplog.text
+    assert os.path.isdir(out / "ckpt-3")
 
 
 # ------------------------------------------------------------------------------------- crash-safe replacement
