@@ -1,10 +1,17 @@
 """Packaging for the unified s2s-ft toolkit.
 
 torch is deliberately only a plain requirement here: install the wanted torch build *before* this package
-(``scripts/setup.sh`` does ``pip install torch==2.13.0`` first), otherwise pip may resolve ``torch>=2.1``
-to a multi-GB CUDA build.
+(``scripts/setup.sh`` does ``pip install torch==2.13.0`` first), otherwise pip may resolve the torch requirement
+to a multi-GB CUDA build. The minimum torch version is ``MIN_TORCH`` in s2s_ft/__init__.py (read here without
+importing the package; the package checks it again at import).
 """
+import os
+import re
+
 from setuptools import find_packages, setup
+
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "s2s_ft", "__init__.py"), encoding="utf-8") as f:
+    MIN_TORCH = re.search(r'^MIN_TORCH = "([\d.]+)"', f.read(), re.M).group(1)
 
 setup(
     name="s2s-ft-unified",
@@ -14,7 +21,7 @@ setup(
     py_modules=["run_seq2seq", "decode_seq2seq"],
     python_requires=">=3.9",
     install_requires=[
-        "torch>=2.1",
+        f"torch>={MIN_TORCH}",
         "transformers>=5",
         "tokenizers",
         "safetensors",

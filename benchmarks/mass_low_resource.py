@@ -103,7 +103,10 @@ def train_command(args, output_dir: str, steps: int, *extra: str) -> list[str]:
     return [sys.executable, "run_seq2seq.py", "--model_type", "bert", "--output_dir", output_dir,
             "--fine_tune", args.fine_tune, "--num_training_steps", str(steps), "--seed", str(args.seed),
             "--max_source_seq_length", "64", "--max_target_seq_length", "64", "--label_smoothing", "0.1",
-            "--logging_steps", "50", *extra]
+            "--logging_steps", "50",
+            # a resumed experiment may continue a stage with another step count (and so warmup): README, What a
+            # restart does
+            "--allow_changed_flags", *extra]
 
 
 def pretrain_command(args, output_dir: str, steps: int, mono: str, model_dir: str, *extra: str) -> list[str]:

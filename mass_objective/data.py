@@ -61,27 +61,20 @@ def _iter_texts(path: str, skip_bad_lines: bool = False) -> Iterator[tuple[int, 
     if not is_jsonl(path):
         yield from iter_text_lines(path, inline_errors=skip_bad_lines)
         return
-    seen = 0
-    try:
-        for number, record in iter_jsonl(path, inline_errors=skip_bad_lines):
-            seen += 1
-            if isinstance(record, DataError):
-                yield number, record
-                continue
-            value = record.get("text")
-            if value is None:
-                yield number, DataError(f"{path}:{number}: missing \"text\" (expected {{\"text\": ...}})")
-            elif isinstance(value, str) and value.strip():
-                yield number, value
-            elif isinstance(value, list) and value and all(isinstance(piece, str) for piece in value):
-                yield number, value
-            else:
-                yield number, DataError(f"{path}:{number}: \"text\" must be a non-empty string or a list of "
-                                        f"word-piece strings")
-    except DataError as error:
-        if seen == 0 and "empty file" in str(error):
-            raise DataError(f"{path}: empty file (expected JSON lines with a \"text\" field)") from None
-        raise
+    for number, record in iter_jsonl(path, inline_errors=skip_bad_lines, expected='a "text" field'):
+        if isinstance(record, DataError):
+            yield number, record
+            continue
+        value = record.get("text")
+        if value is None:
+            yield number, DataError(f"{path}:{number}: missing \"text\" (expected {{\"text\": ...}})")
+        elif isinstance(value, str) and value.strip():
+            yield number, value
+        elif isinstance(value, list) and value and all(isinstance(piece, str) for piece in value):
+            yield number, value
+        else:
+            yield number, DataError(f"{path}:{number}: \"text\" must be a non-empty string or a list of "
+                                    f"word-piece strings")
 
 
 def split_chunks(ids: list[int], max_length: int) -> list[list[int]]:

@@ -5,4 +5,26 @@ Where things live: ``model`` (the only model code), ``packing`` (the fine-tuning
 (HF key names per family), ``loss``, ``decoding`` (cached greedy/beam search), ``training`` and ``inference``
 (the code behind run_seq2seq.py and decode_seq2seq.py), ``data`` (JSONL reading).
 """
+import re
+
 __version__ = "0.1.0"
+# The oldest torch with every API used here: torch.get_autocast_dtype(device_type) and the device-typed
+# torch.is_autocast_enabled(device_type) (s2s_ft/model.py) arrived in 2.4. setup.py reads this line.
+MIN_TORCH = "2.4"
+
+
+def check_torch_version(version: str) -> None:
+    """ImportError, with the versions and the fix, if ``version`` (a torch.__version__) is older than MIN_TORCH."""
+    found = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if found < tuple(int(part) for part in MIN_TORCH.split(".")):
+        raise ImportError(f"s2s_ft needs torch>={MIN_TORCH} (torch.get_autocast_dtype), found torch {version}; "
+                          f"install a newer one: pip install 'torch>={MIN_TORCH}'")
+
+
+def _check_installed_torch() -> None:
+    import torch
+
+    check_torch_version(torch.__version__)
+
+
+_check_installed_torch()

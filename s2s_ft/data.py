@@ -50,10 +50,12 @@ def special_ids(tokenizer, source_type: int, target_type: int) -> SpecialIds:
     return SpecialIds(**ids, vocab_size=len(tokenizer), source_type=source_type, target_type=target_type)
 
 
-def iter_jsonl(path: str, inline_errors: bool = False) -> Iterator[tuple[int, Union[dict, "DataError"]]]:
+def iter_jsonl(path: str, inline_errors: bool = False,
+               expected: str = '"src" and "tgt"') -> Iterator[tuple[int, Union[dict, "DataError"]]]:
     """(line number, object) for every non-blank line; malformed lines (bad UTF-8, bad JSON, not an object) raise
     DataError naming the line, or with ``inline_errors`` are yielded as ``(line number, DataError)`` so that the
-    caller can count and skip them (``--skip_bad_lines``)."""
+    caller can count and skip them (``--skip_bad_lines``). ``expected`` names the fields the caller needs, for the
+    empty-file message."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     seen_any = False
@@ -83,7 +85,7 @@ def iter_jsonl(path: str, inline_errors: bool = False) -> Iterator[tuple[int, Un
                 continue
             yield number, value
     if not seen_any:
-        raise DataError(f"{path}: empty file (expected JSON lines with \"src\" and \"tgt\")")
+        raise DataError(f"{path}: empty file (expected JSON lines with {expected})")
 
 
 @dataclass

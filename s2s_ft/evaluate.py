@@ -333,7 +333,8 @@ def read_references(path: str) -> List[List[str]]:
     """Per example, its references: JSONL ``refs`` (else ``[tgt]``) for ``.jsonl``, else one line each."""
     if not path.endswith(".jsonl"):
         return [[line.strip()] for line in _text_lines(path)]
-    return [record_references(path, number, record) for number, record in iter_jsonl(path)]
+    return [record_references(path, number, record)
+            for number, record in iter_jsonl(path, expected='"tgt" or "refs"')]
 
 
 def read_dev_examples(path: str, max_examples: Optional[int] = None) -> Tuple[List, List[List[str]], List[int]]:
@@ -341,7 +342,7 @@ def read_dev_examples(path: str, max_examples: Optional[int] = None) -> Tuple[Li
     file: ``src`` as the training data has it (string or word-piece list), references as ``read_references``
     reads them. Only the records used are read, and any problem in them stops with ``FILE:LINE``."""
     sources, refs, numbers = [], [], []
-    for number, record in itertools.islice(iter_jsonl(path), max_examples):
+    for number, record in itertools.islice(iter_jsonl(path, expected='"src" and "tgt" (or "refs")'), max_examples):
         sources.append(check_side(path, number, record, "src"))
         refs.append(record_references(path, number, record))
         numbers.append(number)

@@ -25,7 +25,7 @@ from .data import DataError, iter_jsonl, load_tokenizer, tokenize_sides
 from .decoding import Hypothesis, SearchConfig, Seq2SeqDecoder
 from .detokenize import DETOKENIZE_HELP, DETOKENIZERS, detokenize
 from .distributed import World, init_world
-from .fileio import fsync_path, write_atomic
+from .fileio import fsync_path, sha256_file, write_atomic
 from .packing import SpecialIds
 
 log = logging.getLogger("s2s_ft")
@@ -187,7 +187,7 @@ def check_decode_args(args: argparse.Namespace) -> None:
 def read_sources(path: str, skip_bad_lines: bool) -> tuple[list, list[int]]:
     """``src`` of every non-blank line (None for a skipped bad line) and its line number."""
     sources, numbers, bad = [], [], []
-    for number, record in iter_jsonl(path, inline_errors=skip_bad_lines):
+    for number, record in iter_jsonl(path, inline_errors=skip_bad_lines, expected='a "src" field'):
         value = None if isinstance(record, DataError) else record.get("src")
         if isinstance(record, DataError):
             message = str(record)
@@ -209,18 +209,23 @@ def read_sources(path: str, skip_bad_lines: bool) -> tuple[list, list[int]]:
     return sources, numbers
 
 
+def forbid_ignore_ids(tokenizer, words: Optional[str], checkpoint_path: str) -> list[int]:
+    """Ids of the '|'-separated ``--forbid_ignore_word`` tokens; a word the vocabulary lacks is refused (it would
+    silently become the unknown token)."""
+    words = [w for w in (words or "").split("|") if w]
+    ids = tokenizer.convert_tokens_to_ids(words)
+    unknown = [w for w, i in zip(words, ids) if i is None or (i == tokenizer.unk_token_id and w != tokenizer.unk_token)]
+    if unknown:
+        raise UsageError(f"--forbid_ignore_word: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not "
+                         f"a token of {checkpoint_path}'s vocabulary (it would match only {tokenizer.unk_token}); "
+                         f"give single vocabulary tokens, as the tokenizer writes them")
+    return ids
+
+
 def report_skipped(path: str, bad: list[str]) -> None:
     if bad:
         log.warning("skipped %d bad lines in %s (each gets an empty output line); first: %s", len(bad), path,
                     " | ".join(bad[:3]))
-
-
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _resume_identity(args: argparse.Namespace, checkpoint_path: str) -> dict:
@@ -232,7 +237,7 @@ def _resume_identity(args: argparse.Namespace, checkpoint_path: str) -> dict:
     settings["weights"] = [(os.path.basename(w), os.path.getsize(w), os.stat(w).st_mtime_ns) for w in weights]
     encoded = json.dumps(settings, sort_keys=True, default=str).encode()
     return {"input": os.path.abspath(args.input_file), "input_size": os.path.getsize(args.input_file),
-            "input_sha256": _sha256_file(args.input_file), "settings_sha256": hashlib.sha256(encoded).hexdigest()}
+            "input_sha256": sha256_file(args.input_file), "settings_sha256": hashlib.sha256(encoded).hexdigest()}
 
 
 def _resume_point(output: str, total: int, identity: dict) -> tuple[int, int]:
@@ -349,8 +354,7 @@ def _decode_file(args: argparse.Namespace, device: torch.device, world: World) -
         report_skipped(args.input_file, bad)
         if truncated:
             log.warning("%d of %d sources truncated to %d tokens", truncated, len(valid), max_source)
-        ignore = [] if not args.forbid_ignore_word else loaded.tokenizer.convert_tokens_to_ids(
-            [w for w in args.forbid_ignore_word.split("|") if w])
+        ignore = forbid_ignore_ids(loaded.tokenizer, args.forbid_ignore_word, path)
         config = SearchConfig(beam_size=args.beam_size, max_tgt_length=max_tgt, min_len=args.min_len,
                               length_penalty=args.length_penalty, forbid_duplicate_ngrams=args.forbid_duplicate_ngrams,
                               ngram_size=args.ngram_size, forbid_ignore_ids=ignore, nbest=args.nbest,

@@ -16,8 +16,9 @@ Methods (``labels`` is -100 where nothing is predicted):
 
 * ``causal``: the target input is shifted right behind a start token; position n_src + i holds target i-1 and
   predicts target i. Real-target ranks give the causal mask.
-* ``masked``: round(ratio * m) target tokens (at least one; the closing [SEP], if any, is a candidate) are corrupted
-  80/10/10 ([MASK] / random / kept) and predicted; the s2s mask is the same rank rule.
+* ``masked``: round(ratio * m) target tokens (at least one; the closing [SEP], if any, is a candidate; with
+  ``Pair.predicted``, m counts and the draw picks only the predicted tokens) are corrupted 80/10/10 ([MASK] /
+  random / kept) and predicted; the s2s mask is the same rank rule.
 * ``pseudo_masked``: a pseudo token per target token, at the same position, corrupted 80/10/10 and predicted for
   every target token; each real target token is also corrupted with probability ``target_mask_prob`` ("word
   drop"). Pseudo i sees the source, real targets < i and itself; nobody sees a pseudo token.
@@ -190,6 +191,8 @@ class Packer:
         predicted = pair.predicted if pair.predicted is not None else [True] * len(target)
         if len(predicted) != len(target):
             raise ValueError(f"{len(predicted)} predicted flags for {len(target)} target tokens")
+        if not any(predicted):
+            raise ValueError("no target token is predicted: nothing to learn from this pair")
         segment = sp.target_type
 
         def label(i: int) -> int:
@@ -200,10 +203,13 @@ class Packer:
             for i, token in enumerate(inputs):
                 row.add(token, positions[i], segment, real_target_ranks(i), label(i))
         elif self.method == "masked":
-            count = min(len(target), max(1, round(len(target) * self.target_mask_prob)))
-            chosen = set(torch.randperm(len(target), generator=generator)[:count].tolist())
+            # drawn among the predicted tokens only: a pair whose flags mark fillers (MASS full target) still gets
+            # round(ratio * fragment) >= 1 labels (with all tokens predicted, the same draws as without flags)
+            candidates = [i for i, flag in enumerate(predicted) if flag]
+            count = min(len(candidates), max(1, round(len(candidates) * self.target_mask_prob)))
+            chosen = {candidates[j] for j in torch.randperm(len(candidates), generator=generator)[:count].tolist()}
             for i, token in enumerate(target):
-                if i in chosen and predicted[i]:
+                if i in chosen:
                     row.add(self._corrupt(token, generator), positions[i], segment, real_target_ranks(i), token)
                 else:
                     row.add(token, positions[i], segment, real_target_ranks(i))

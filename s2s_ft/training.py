@@ -35,14 +35,14 @@ from mass_objective import (SPAN_POSITIONS, MassConfig, fragment_length, mass_pa
 
 from . import checkpoint, evaluate, plotting
 from .batching import TokenBudgetSampler, packed_length
-from .cache import cache_key, cached_columns
+from .cache import cache_key, cached_columns, tokenizer_fingerprint
 from .checkpoint import CheckpointError
 from .cli import TrainingStopped, UsageError, run_cli
 from .data import DataError, load_tokenizer, read_pairs, special_ids
 from .decoding import Seq2SeqDecoder
 from .detokenize import DETOKENIZE_HELP, DETOKENIZERS
 from .distributed import World, init_world
-from .fileio import fsync_path, write_atomic
+from .fileio import WRITING, fsync_tree, recover_dir, replace_dir, sha256_file, write_atomic
 from .inference import AUTOCAST_DTYPES, LoadedDecoder
 from .loss import seq2seq_loss
 from .packing import METHODS, Packer, Pair
@@ -54,10 +54,28 @@ MASK_WAY_ALIASES = {"v0": "causal", "v1": "masked", "v2": "pseudo_masked"}  # s2
 TRAINING_STATE = "training_state.pt"
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d+)$")
 BEST_DIR, BEST_JSON, EVAL_LOG = "best", "best.json", "eval_log.jsonl"
-TEMPORARY_PATTERN = re.compile(r"^(ckpt-\d+|best)\..*tmp$")
+TEMPORARY_PATTERN = re.compile(r"^(ckpt-\d+|best)\..*tmp$")  # group 1: the directory it belongs to
 # Test hooks (tests/test_crash_resume.py) that widen the windows in which a SIGKILL lands: seconds to sleep between
 # writing ckpt-STEP.tmp and renaming it ("SECONDS" for every save, "SECONDS@STEP" for one), and after every step.
 SAVE_DELAY_ENV, STEP_DELAY_ENV = "S2S_FT_TEST_SAVE_DELAY", "S2S_FT_TEST_STEP_DELAY"
+INVOCATIONS = "invocations.jsonl"
+
+# What a restart compares (README "What a restart does"); every checkpoint records these values ("run" in
+# training_state.pt). RUN_FLAGS define the updates themselves: a run resumes only with the values it was started
+# with. RESTART_FLAGS decide how long the run goes on and what is saved, logged and evaluated, not the updates made
+# so far: they may change on resume with --allow_changed_flags (--num_training_steps and --num_warmup_steps re-shape
+# the learning-rate schedule from the resumed step on). Other flags (paths whose content is compared instead,
+# --cache_dir, --gradient_checkpointing, --torch_compile, --no_cuda, --log_level) may always change.
+RUN_FLAGS = ("model_type", "model_name_or_path", "config_name", "fresh_head_init", "tokenizer_name", "train_file",
+             "skip_bad_lines", "objective", "fine_tune", "max_source_seq_length", "max_target_seq_length",
+             "mass_ratio", "mass_mask_keep_rand", "mass_span_position", "mass_full_target",
+             "per_device_train_batch_size", "world_size", "gradient_accumulation_steps", "max_tokens_per_batch",
+             "learning_rate", "weight_decay", "adam_epsilon", "max_grad_norm", "label_smoothing", "target_mask_prob",
+             "random_prob", "keep_prob", "seed", "precision")
+RESTART_FLAGS = ("num_training_steps", "num_warmup_steps", "save_steps", "save_total_limit", "logging_steps",
+                 "max_bad_steps", "eval_file", "eval_steps", "eval_max_examples", "eval_metric", "eval_metrics",
+                 "eval_beam_size", "eval_max_tgt_length", "eval_batch_size")
+CONTENT_FLAGS = {"train_file": "content", "tokenizer_name": "files"}  # recorded as a hash of what they name
 
 
 def _test_delay(name: str, step: Optional[int] = None) -> None:
@@ -115,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--learning_rate", type=float, default=5e-5)
     add("--weight_decay", type=float, default=0.01, help="not applied to biases and LayerNorm weights")
     add("--adam_epsilon", type=float, default=1e-8)
-    add("--max_grad_norm", type=float, default=1.0)
+    add("--max_grad_norm", type=float, default=1.0,
+        help="clip the gradient norm to this; <= 0: no clipping (as in HF and s2s-ft)")
     add("--num_training_steps", type=int, default=-1, help="optimizer steps (takes priority over epochs)")
     add("--num_training_epochs", type=float, default=10)
     add("--num_warmup_steps", type=int, default=0, help="linear warmup, then linear decay to 0")
@@ -128,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--save_steps", type=int, default=1500)
     add("--save_total_limit", type=int, default=None,
         help="keep only the newest N complete ckpt-* dirs (older ones are deleted after each successful save)")
+    add("--allow_changed_flags", action="store_true",
+        help="on resume, accept new values of the flags that may change within a run (--num_training_steps, "
+             "--num_warmup_steps, --save_steps, --save_total_limit, --logging_steps, --max_bad_steps, --eval_*); "
+             "without it a restart with any changed setting is refused (README: What a restart does)")
     add("--max_bad_steps", type=int, default=10,
         help="stop after this many consecutive steps with a non-finite loss or gradient (each is skipped)")
     add("--logging_steps", type=int, default=50)
@@ -205,7 +228,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError(f"--save_total_limit must be >= 1, got {args.save_total_limit}")
     if args.num_training_steps == 0 or (args.num_training_steps < 0 and args.num_training_epochs <= 0):
         raise UsageError("nothing to train: give --num_training_steps > 0 or --num_training_epochs > 0")
-    for name in ("learning_rate", "adam_epsilon", "weight_decay", "max_grad_norm", "num_warmup_steps"):
+    for name in ("learning_rate", "adam_epsilon", "weight_decay", "num_warmup_steps"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if not 0 <= args.label_smoothing < 1 or not 0 <= args.target_mask_prob <= 1:
@@ -244,17 +267,26 @@ def latest_checkpoint(output_dir: str) -> Optional[str]:
 
 
 def remove_stale_temporaries(output_dir: str) -> None:
-    """``ckpt-STEP.tmp`` / ``best.tmp`` dirs are what a killed save leaves behind; they are never resumed from."""
+    """Clean up after saves that a crash interrupted (``fileio.replace_dir``): a complete new ``ckpt-STEP`` or
+    ``best`` waiting to be renamed in is renamed in, a previous version is deleted once its successor is in place,
+    and directories still being written (``*.tmp``) or deleted (``*.deleting.tmp``) are removed; they are never
+    resumed from."""
     if not os.path.isdir(output_dir):
         return
-    best, previous = os.path.join(output_dir, BEST_DIR), os.path.join(output_dir, BEST_DIR + ".old.tmp")
-    if not os.path.isdir(best) and os.path.isfile(os.path.join(previous, BEST_JSON)):
-        # killed while replacing best/: between moving the old one aside and renaming the new one in
-        os.replace(previous, best)
+    names = {m.group(1) for name in os.listdir(output_dir) if (m := TEMPORARY_PATTERN.match(name))}
+    for base in sorted(names):
+        done = recover_dir(os.path.join(output_dir, base), complete=_complete_save)
+        if done:
+            log.warning("%s", done)
     for name in os.listdir(output_dir):
-        if TEMPORARY_PATTERN.match(name):
-            log.warning("removing %s, left by a save that did not finish", os.path.join(output_dir, name))
+        if TEMPORARY_PATTERN.match(name):  # what recover_dir leaves: a checkpoint being deleted by pruning
+            log.warning("removing %s, left by a deletion that did not finish", os.path.join(output_dir, name))
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
+def _complete_save(path: str) -> bool:
+    marker = BEST_JSON if os.path.basename(path).startswith(BEST_DIR) else TRAINING_STATE
+    return os.path.isfile(os.path.join(path, marker))
 
 
 def prune_checkpoints(output_dir: str, limit: Optional[int], keep: str) -> None:
@@ -305,10 +337,11 @@ def current_rank() -> int:
 
 def save_training_checkpoint(path: str, model, args, hf_config, tokenizer, settings,
                              training_state: Optional[dict] = None, extra_files: Optional[dict] = None) -> None:
-    """Write ``path + '.tmp'``, fsync every file and the directory, rename it to ``path``, fsync the parent: after
-    a crash at any point the directory is either complete or absent (a leftover ``.tmp`` is never resumed).
+    """Write ``path + '.tmp'``, fsync every file and the directory, then put it in place of ``path`` with
+    ``fileio.replace_dir``: after a crash at any point, start-up (``remove_stale_temporaries``) finds ``path``
+    complete, old or new (or absent if there was none); a directory still being written is never resumed from.
     ``training_state`` (what resume needs) goes to training_state.pt; ``extra_files`` maps names to text."""
-    temporary = path + ".tmp"
+    temporary = path + WRITING
     shutil.rmtree(temporary, ignore_errors=True)
     checkpoint.save_checkpoint(model, temporary, args.model_type, hf_config, tokenizer=tokenizer, settings=settings)
     if training_state is not None:
@@ -316,16 +349,9 @@ def save_training_checkpoint(path: str, model, args, hf_config, tokenizer, setti
     for name, text in (extra_files or {}).items():
         with open(os.path.join(temporary, name), "w", encoding="utf-8") as handle:
             handle.write(text)
-    for root, _, files in os.walk(temporary):
-        for name in files:
-            fsync_path(os.path.join(root, name))
-    fsync_path(temporary)
+    fsync_tree(temporary)
     _test_delay(SAVE_DELAY_ENV, (training_state or {}).get("step"))
-    if os.path.isdir(path):  # re-saving the same step: move the old one aside first
-        os.replace(path, path + ".old.tmp")
-        shutil.rmtree(path + ".old.tmp", ignore_errors=True)
-    os.replace(temporary, path)  # the directory appears complete or not at all
-    fsync_path(os.path.dirname(os.path.abspath(path)))
+    replace_dir(temporary, path)  # the previous version (re-saving best/ or a step) stays until this one is in
 
 
 def drop_log_records_after(path: str, step: int) -> None:
@@ -346,6 +372,115 @@ def drop_log_records_after(path: str, step: int) -> None:
 def append_record(path: str, record: dict) -> None:
     with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Restart: every checkpoint records what defines its run; resuming with other values is refused (README).
+# ----------------------------------------------------------------------------------------------------------------
+def run_identity(args: argparse.Namespace, world_size: int) -> dict:
+    """This run's RUN_FLAGS and RESTART_FLAGS values as a checkpoint records them: the training file and tokenizer
+    as hashes of their content (their paths may change), other paths absolute, --mass_* only with --objective mass,
+    the other --eval_* only with --eval_file, --num_training_steps as resolved (from --num_training_epochs if it was
+    not given)."""
+    values = {**vars(args), "world_size": world_size}
+    identity = {}
+    for name in RUN_FLAGS + RESTART_FLAGS:
+        if (name.startswith("mass_") and args.objective != "mass") or (
+                name.startswith("eval_") and name != "eval_file" and args.eval_file is None):
+            continue
+        value = values.get(name)
+        if name == "train_file":
+            value = "sha256:" + sha256_file(value)
+        elif name == "tokenizer_name":
+            value = "sha256:" + tokenizer_fingerprint(value)
+        elif name in ("model_name_or_path", "config_name", "eval_file") and value is not None:
+            value = os.path.abspath(value)
+        identity[name] = value
+    return identity
+
+
+def legacy_identity(settings: dict) -> dict:
+    """What a checkpoint written before runs were recorded tells about its run: its s2s_ft_settings.json."""
+    recorded = {name: settings[name] for name in ("model_type", "fine_tune", "max_source_seq_length",
+                                                  "max_target_seq_length", "target_mask_prob", "label_smoothing")
+                if name in settings}
+    recorded["objective"] = settings.get("objective", "seq2seq")
+    return recorded
+
+
+def _flag(name: str) -> str:
+    return "the number of processes" if name == "world_size" else f"--{name}"
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return "(none)" if value is None else str(value)
+
+
+def describe_change(name: str, old, new) -> str:
+    if name in CONTENT_FLAGS:
+        return f"--{name} {CONTENT_FLAGS[name]} changed"
+    return f"{_flag(name)} {_shown(old)} → {_shown(new)}"
+
+
+def check_restart(resume_from: str, recorded: dict, identity: dict, allow_changed: bool) -> None:
+    """UsageError naming every setting that differs from what ``resume_from`` recorded (old → new) and the way out,
+    unless only RESTART_FLAGS differ and ``allow_changed``. Settings the checkpoint did not record are not compared."""
+    changed = [name for name in identity if name in recorded and recorded[name] != identity[name]]
+    if not changed:
+        return
+    described = ", ".join(describe_change(name, recorded[name], identity[name]) for name in changed)
+    fixed = [_flag(name) for name in changed if name not in RESTART_FLAGS]
+    if fixed:
+        raise UsageError(f"{resume_from} was trained with other settings: {described}; {', '.join(fixed)} cannot "
+                         f"change within a run: restore the old value to resume, or use a new --output_dir "
+                         f"(--model_name_or_path {resume_from} starts from its weights)")
+    if not allow_changed:
+        raise UsageError(f"{resume_from} was trained with other settings: {described}; to resume with the new "
+                         f"values add --allow_changed_flags (README: What a restart does), or use a new --output_dir")
+    log.warning("resuming %s with changed settings (--allow_changed_flags): %s", resume_from, described)
+
+
+def resume_training(resume_from: str, args, identity: dict, model, optimizer, scheduler, scaler) -> dict:
+    """Check that ``resume_from`` belongs to this run (check_restart), then load its weights and the optimizer,
+    scheduler, scaler and RNG states into this process; returns its training state."""
+    def cannot_resume(error: Exception) -> CheckpointError:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return CheckpointError(f"{resume_from}: cannot resume from it ({first}); move it out of "
+                               f"{args.output_dir} to resume from an earlier checkpoint")
+
+    try:
+        state = torch.load(os.path.join(resume_from, TRAINING_STATE), weights_only=False)
+        recorded = state.get("run")
+    except Exception as error:  # a truncated or corrupted file
+        raise cannot_resume(error) from None
+    resumed, settings = checkpoint.load_finetuned(resume_from)
+    if recorded is None:
+        recorded = legacy_identity(settings)
+        log.warning("%s was saved before runs were recorded: only %s are compared with this run's flags", resume_from,
+                    ", ".join(f"--{name}" for name in recorded))
+    check_restart(resume_from, recorded, identity, args.allow_changed_flags)
+    try:
+        model.load_state_dict(resumed.state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"])
+        log.info("resuming from %s at step %d", resume_from, state["step"])
+    except Exception as error:  # e.g. a checkpoint of another model size
+        raise cannot_resume(error) from None
+    return state
+
+
+def record_invocation(args, resume_from: Optional[str], step: int) -> None:
+    """train_args.json: this start's flags; invocations.jsonl: one line per start, never overwritten."""
+    flags = {k: str(v) if isinstance(v, torch.device) else v for k, v in vars(args).items()}
+    write_atomic(os.path.join(args.output_dir, "train_args.json"), json.dumps(flags, indent=2))
+    append_record(os.path.join(args.output_dir, INVOCATIONS), {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed_from": resume_from, "step": step, "args": flags})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -591,29 +726,12 @@ def _train(args: argparse.Namespace, world: World) -> str:
         torch.manual_seed(args.seed + world.rank)
     optimizer, scheduler = make_optimizer(model, args)
     scaler = torch.amp.GradScaler("cuda", enabled=args.precision == "fp16")
-    step = 0
+    identity = run_identity(args, world.size)
     resume_from = latest_checkpoint(args.output_dir)
-    if resume_from:
-        resumed, resumed_settings = checkpoint.load_finetuned(resume_from)
-        if resumed_settings.get("objective", "seq2seq") != args.objective:
-            raise UsageError(f"{resume_from} was trained with --objective "
-                             f"{resumed_settings.get('objective', 'seq2seq')}, not {args.objective}; use a new "
-                             f"--output_dir (and --model_name_or_path {resume_from} to start from it)")
-        try:
-            model.load_state_dict(resumed.state_dict())
-            state = torch.load(os.path.join(resume_from, TRAINING_STATE), weights_only=False)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            restore_rng(state["rng"])
-            step = state["step"]
-        except Exception as error:  # truncated/corrupted file, or a checkpoint of another model size
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise CheckpointError(f"{resume_from}: cannot resume from it ({first}); move it out of "
-                                  f"{args.output_dir} to resume from an earlier checkpoint") from None
-        log.info("resuming from %s at step %d", resume_from, step)
-        if evaluator:
-            evaluator.resume()
+    state = resume_training(resume_from, args, identity, model, optimizer, scheduler, scaler) if resume_from else {}
+    step = state.get("step", 0)
+    if resume_from and evaluator:
+        evaluator.resume()
     if world.is_main:
         for name in ("train_log.jsonl", EVAL_LOG):
             drop_log_records_after(os.path.join(args.output_dir, name), step)
@@ -631,10 +749,11 @@ def _train(args: argparse.Namespace, world: World) -> str:
         log.info("effective batch: %d = %d per device x %d device(s) x %d accumulation", per_step,
                  args.per_device_train_batch_size, world.size, args.gradient_accumulation_steps)
     if world.is_main:
-        write_atomic(os.path.join(args.output_dir, "train_args.json"), json.dumps(
-            {k: str(v) if isinstance(v, torch.device) else v for k, v in vars(args).items()}, indent=2))
+        record_invocation(args, resume_from, step)
 
     autocast_dtype = AUTOCAST_DTYPES[args.precision]
+    # <= 0 means no clipping (HF, s2s-ft); the norm is still measured for the log and the non-finite check
+    max_grad_norm = args.max_grad_norm if args.max_grad_norm > 0 else math.inf
     log_path = os.path.join(args.output_dir, "train_log.jsonl")
     model.gradient_checkpointing = args.gradient_checkpointing
     # Only the forward is compiled, through a separate handle: the optimizer, loss head, gradient all-reduce,
@@ -651,7 +770,7 @@ def _train(args: argparse.Namespace, world: World) -> str:
     # update, lowering its scale); other precisions skip the optimizer step themselves. Either way the step counter
     # and the LR schedule advance, so data order stays a function of (seed, step); bad_streak counts consecutive
     # steps with a non-finite loss (or, outside fp16, gradient norm) and stops the run at --max_bad_steps.
-    bad_streak = state.get("bad_streak", 0) if resume_from else 0
+    bad_streak = state.get("bad_streak", 0)
     while step < args.num_training_steps:
         bad_loss = False
         for micro in range(args.gradient_accumulation_steps):
@@ -687,7 +806,7 @@ def _train(args: argparse.Namespace, world: World) -> str:
             window["target_tokens"] += sum(pair.num_predicted_targets for pair in pairs)
         world.sum_gradients(model.parameters())  # once per optimizer step, after accumulation
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         bad = bad_loss or (not scaler.is_enabled() and not bool(torch.isfinite(grad_norm)))
         if scaler.is_enabled() or not bad:  # otherwise skipped: the model and the optimizer state stay as they were
             scaler.step(optimizer)  # fp16: skips the update itself when the gradients hold inf/NaN
@@ -751,7 +870,7 @@ def _train(args: argparse.Namespace, world: World) -> str:
             if world.is_main:
                 save_training_checkpoint(last_saved, model, args, hf_config, tokenizer, settings, {
                     "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "rng": rng, "bad_streak": bad_streak})
+                    "scaler": scaler.state_dict(), "rng": rng, "bad_streak": bad_streak, "run": identity})
                 log.info("saved %s", last_saved)
                 prune_checkpoints(args.output_dir, args.save_total_limit, keep=last_saved)
             world.barrier()

@@ -11,6 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
 STEPS="${STEPS:-600}"
 RUN=runs/quickstart
+MODEL="$RUN/model-$STEPS"  # one run per length: a restart with another --num_training_steps would be refused
 
 bash scripts/setup.sh --with-wordnet
 
@@ -22,7 +23,7 @@ MODEL_DIR="$("$PYTHON" -c 'from s2s_ft.datasets.minilm import minilm_dir; print(
   --model_type bert \
   --model_name_or_path "$MODEL_DIR" \
   --train_file "$RUN/data/train.jsonl" \
-  --output_dir "$RUN/model" \
+  --output_dir "$MODEL" \
   --fine_tune pseudo_masked \
   --max_source_seq_length 32 \
   --max_target_seq_length 48 \
@@ -34,7 +35,7 @@ MODEL_DIR="$("$PYTHON" -c 'from s2s_ft.datasets.minilm import minilm_dir; print(
   --save_steps "$STEPS"
 
 "$PYTHON" decode_seq2seq.py \
-  --model_path "$RUN/model/ckpt-$STEPS" \
+  --model_path "$MODEL/ckpt-$STEPS" \
   --input_file "$RUN/data/dev.jsonl" \
   --output_file "$RUN/dev.pred.txt" \
   --beam_size 5 \

@@ -200,7 +200,8 @@ DECODE_DATA_CASES = [
     ("empty-src", '{"src": ""}\n', ':1: "src" must be a non-empty string'),
     ("tokenises-to-nothing", '{"src": "a"}\n{"src": "\\u0000"}\n', ':2: "src" tokenises to nothing'),
     ("not-an-object", '"a"\n', ":1: expected a JSON object, got str"),
-    ("empty-file", "", "empty file"),
+    ("empty-file", "", 'empty file (expected JSON lines with a "src" field)'),  # decoding needs no "tgt"
+    ("blank-lines-only", "\n \n", 'empty file (expected JSON lines with a "src" field)'),
 ]
 
 
@@ -253,6 +254,8 @@ DECODE_FLAG_CASES = [
     ("min-len-over-max", ["--min_len", "9"], "--min_len 9 exceeds --max_tgt_length 4"),
     ("max-seq-too-small", ["--max_seq_length", "5"], "--max_seq_length 5 leaves 1 source positions"),
     ("resume-chunk-0", ["--resume", "--resume_chunk", "0"], "--resume_chunk must be >= 1"),
+    ("forbid-ignore-word-oov", ["--forbid_ignore_word", ".|zebra|[UNK]"],  # it would silently become [UNK]
+     "--forbid_ignore_word: zebra is not a token of"),
 ]
 
 

@@ -93,8 +93,8 @@ def test_save_total_limit_and_stale_temporaries(tiny_bert, train_file, tmp_path)
     args = train_args(tiny_bert, train_file, out, "--num_training_steps", "5", "--save_steps", "1",
                       "--save_total_limit", "2")
     assert training.main(args) == 0
-    assert sorted(os.listdir(out)) == ["cache", "ckpt-4", "ckpt-5", "ckpt-99", "train_args.json", "train_log.jsonl",
-                                    "training_curves.png"]
+    assert sorted(os.listdir(out)) == ["cache", "ckpt-4", "ckpt-5", "ckpt-99", "invocations.jsonl", "train_args.json",
+                                       "train_log.jsonl", "training_curves.png"]
     assert [step for step, _ in training.complete_checkpoints(str(out))] == [4, 5]
 
 

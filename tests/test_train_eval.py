@@ -119,7 +119,7 @@ def test_resume_and_pruning_keep_the_best(tiny_bert, train_file, dev_file, tmp_p
     out = tmp_path / "run"
     args = lambda steps, *extra: eval_args(tiny_bert, train_file, dev_file, out, "--num_training_steps", str(steps),
                                            "--save_steps", "2", "--eval_steps", "2", "--save_total_limit", "1",
-                                           *extra)
+                                           "--allow_changed_flags", *extra)  # a longer run, another --eval_metric
     scripted_scores(monkeypatch, [10.0, 50.0])
     assert training.main(args(4)) == 0
     best_weights = load_file(str(out / "best" / "model.safetensors"))
