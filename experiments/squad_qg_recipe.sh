@@ -10,7 +10,7 @@
 # (grouped-reference BLEU-4 / METEOR / ROUGE-L / sacreBLEU, `distinct` and `source_overlap` as fractions,
 # `train_seconds`, and the same figures for the baselines). Re-run the same command after an interruption:
 # training resumes exactly from its last checkpoint, decoding from its last finished chunk.
-# Overridable: PYTHON, MODEL_DIR (default: the pip-installed all-MiniLM-L6-v2), STEPS, SEED.
+# Overridable: PYTHON, MODEL_DIR (default: the pip-installed all-MiniLM-L6-v2), STEPS, SEED, PRECISION.
 set -euo pipefail
 if [ $# -ne 2 ]; then
   echo "usage: bash $0 DATA_DIR WORK_DIR" >&2
@@ -23,6 +23,8 @@ PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
 MODEL_DIR="${MODEL_DIR:-$("$PYTHON" -c 'from s2s_ft.datasets.minilm import minilm_dir; print(minilm_dir())')}"
 STEPS="${STEPS:-2800}"
 SEED="${SEED:-1}"
+# bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 / AMX); elsewhere it is emulated and slower than fp32
+PRECISION="${PRECISION:-$(grep -q -E 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo bf16 || echo fp32)}"
 for f in train dev; do
   [ -f "$DATA/squad_qg/$f.jsonl" ] || { echo "error: $DATA/squad_qg/$f.jsonl not found" >&2; exit 2; }
 done
@@ -32,7 +34,7 @@ mkdir -p "$WORK"
   --every 20 --sample "$WORK/dev.sample.jsonl"
 
 # The recipe (README, "Recommended settings"): the fresh MLM head starts as the identity, a high peak learning
-# rate with warmup and linear decay, token-budget batches (little padding), bf16 autocast, sources cut at 96 word
+# rate with warmup and linear decay, token-budget batches (little padding), bf16 autocast where native, sources cut at 96 word
 # pieces (98 % whole), outputs in the references' Penn-Treebank tokenisation.
 if [ ! -f "$WORK/model/ckpt-$STEPS/training_state.pt" ]; then
   "$PYTHON" run_seq2seq.py \
@@ -40,7 +42,7 @@ if [ ! -f "$WORK/model/ckpt-$STEPS/training_state.pt" ]; then
     --train_file "$DATA/squad_qg/train.jsonl" --output_dir "$WORK/model" --fine_tune pseudo_masked \
     --max_source_seq_length 96 --max_target_seq_length 32 \
     --max_tokens_per_batch 2400 --learning_rate 5e-4 --num_warmup_steps 200 \
-    --num_training_steps "$STEPS" --precision bf16 --seed "$SEED" \
+    --num_training_steps "$STEPS" --precision "$PRECISION" --seed "$SEED" \
     --logging_steps 25 --save_steps 200 --save_total_limit 2 \
     --eval_file "$WORK/dev.sample.jsonl" --eval_max_examples 0 --eval_steps 400 --detokenize ptb \
     --eval_metric bleu4_tok --eval_metrics bleu,rouge --eval_batch_size 64
@@ -48,7 +50,7 @@ fi
 
 "$PYTHON" decode_seq2seq.py \
   --model_path "$WORK/model/ckpt-$STEPS" --input_file "$WORK/dev.grouped.jsonl" --output_file "$WORK/dev.pred.txt" \
-  --precision bf16 --batch_size 64 --beam_size 5 --length_penalty 1.0 --min_len 4 --max_tgt_length 32 \
+  --precision "$PRECISION" --batch_size 64 --beam_size 5 --length_penalty 1.0 --min_len 4 --max_tgt_length 32 \
   --forbid_duplicate_ngrams --ngram_size 3 --detokenize ptb --resume
 
 "$PYTHON" experiments/squad_qg.py score "$WORK/dev.grouped.jsonl" "$WORK/dev.pred.txt" \
