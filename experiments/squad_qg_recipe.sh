@@ -50,7 +50,7 @@ fi
 
 "$PYTHON" decode_seq2seq.py \
   --model_path "$WORK/model/ckpt-$STEPS" --input_file "$WORK/dev.grouped.jsonl" --output_file "$WORK/dev.pred.txt" \
-  --precision "$PRECISION" --batch_size 64 --beam_size 5 --length_penalty 1.0 --min_len 4 --max_tgt_length 32 \
+  --precision "$PRECISION" --batch_size 64 --beam_size 5 --length_penalty 2.0 --min_len 6 --max_tgt_length 32 \
   --forbid_duplicate_ngrams --ngram_size 3 --detokenize ptb --resume
 
 "$PYTHON" experiments/squad_qg.py score "$WORK/dev.grouped.jsonl" "$WORK/dev.pred.txt" \
