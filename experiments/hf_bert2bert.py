@@ -7,9 +7,9 @@ What is deliberately shared with our trainer, so that only the model differs:
 
 * examples: ``s2s_ft.data.read_pairs`` (same tokenizer call, source truncated so ``[CLS] src [SEP]`` fits
   ``--max_source_len``, target so ``tgt [SEP]`` fits ``--max_target_len``);
-* batches: ``s2s_ft.training.micro_batch`` (epoch-wise permutations seeded by (seed, epoch)): at a given seed,
+* batches: ``s2s_ft.batching.micro_batch`` (epoch-wise permutations seeded by (seed, epoch)): at a given seed,
   step k sees exactly the examples our trainer sees at step k;
-* optimizer and schedule: ``s2s_ft.training.make_optimizer`` (AdamW, no decay on 1-D parameters, linear warmup
+* optimizer and schedule: ``s2s_ft.optim.make_optimizer`` (AdamW, no decay on 1-D parameters, linear warmup
   then linear decay to 0), gradient clipping at ``--max_grad_norm``;
 * loss: label-smoothed token cross-entropy, fp32 softmax, averaged over the target tokens of the batch (the
   closing ``[SEP]`` included), as ``s2s_ft.loss.seq2seq_loss`` does over our predicted tokens.
@@ -48,7 +48,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from s2s_ft.data import iter_jsonl, load_tokenizer, read_pairs, tokenize_sides  # noqa: E402
 from s2s_ft.fileio import write_atomic  # noqa: E402
-from s2s_ft.training import make_optimizer, micro_batch, restore_rng, rng_state  # noqa: E402
+from s2s_ft.batching import micro_batch  # noqa: E402
+from s2s_ft.optim import make_optimizer  # noqa: E402
+from s2s_ft.rng import restore_rng, rng_state  # noqa: E402
 
 FINAL = "final"
 STATE = "state.pt"
@@ -92,11 +94,9 @@ def train(args) -> None:
     random.seed(args.seed)
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(args.model_dir, args.model_dir).to(device)
     set_special_ids(model, tokenizer)
-    # make_optimizer reads our trainer's argument names
-    opt_args = argparse.Namespace(weight_decay=args.weight_decay, learning_rate=args.lr,
-                                  adam_epsilon=args.adam_epsilon, num_warmup_steps=args.warmup_steps,
-                                  num_training_steps=args.steps)
-    optimizer, scheduler = make_optimizer(model, opt_args)
+    optimizer, scheduler = make_optimizer(model, learning_rate=args.lr, weight_decay=args.weight_decay,
+                                          adam_epsilon=args.adam_epsilon, num_warmup_steps=args.warmup_steps,
+                                          num_training_steps=args.steps)
 
     step = 0
     state_path = os.path.join(args.output_dir, STATE)
