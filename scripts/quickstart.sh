@@ -15,9 +15,9 @@ MODEL="$RUN/model-$STEPS"  # one run per length: a restart with another --num_tr
 
 bash scripts/setup.sh --with-wordnet
 
-"$PYTHON" -m s2s_ft.datasets.wordnet_glosses --output_dir "$RUN/data"
+"$PYTHON" examples/wordnet_glosses.py --output_dir "$RUN/data"
 
-MODEL_DIR="$("$PYTHON" -c 'from s2s_ft.datasets.minilm import minilm_dir; print(minilm_dir())')"
+MODEL_DIR="$("$PYTHON" -c 'from s2s_ft.minilm import minilm_dir; print(minilm_dir())')"
 
 "$PYTHON" run_seq2seq.py \
   --model_type bert \
