@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--nbest", type=int, default=1)
     add("--output_format", default="text", choices=("text", "jsonl"))
     add_detokenize_flag(add, DETOKENIZE_HELP)
-    add("--device", default=None)
+    add("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if there is a GPU)")
+    add("--no_cuda", dest="device", action="store_const", const="cpu", help="alias of --device cpu (as in training)")
     add("--skip_bad_lines", action="store_true",
         help="a malformed input line is counted and gets an empty output line (output stays aligned with input)")
     add("--resume", action="store_true",

@@ -112,7 +112,11 @@ def test_the_same_thing_has_the_same_flag_name_in_every_tool():
     from s2s_ft import decode, evaluate, train
 
     def spellings(parser) -> dict[str, set[str]]:
-        return {action.dest: set(action.option_strings) for action in parser._actions}
+        """Every flag spelling per destination."""
+        found: dict[str, set[str]] = {}
+        for action in parser._actions:
+            found.setdefault(action.dest, set()).update(action.option_strings)
+        return found
 
     train_flags, decode_flags = spellings(train.build_parser()), spellings(decode.build_parser())
     assert "--max_tgt_length" in train_flags["max_target_seq_length"]  # decode's name, accepted by train
@@ -123,3 +127,4 @@ def test_the_same_thing_has_the_same_flag_name_in_every_tool():
     for parser in (train.build_parser(), decode.build_parser(), evaluate.build_parser()):
         assert parser.get_default("log_level") == "INFO"
     assert train.build_parser().get_default("precision") is decode.build_parser().get_default("precision") is None
+    assert "--no_cuda" in decode_flags["device"] and "--no_cuda" in train_flags["no_cuda"]
