@@ -10,9 +10,9 @@ import pytest
 
 import mass_objective.data
 import s2s_ft.data
+from conftest import train_args
 from s2s_ft import train
 from s2s_ft.cache import cache_key, key_hash
-from conftest import train_args
 
 
 def refuse_to_tokenize(*args, **kwargs):
