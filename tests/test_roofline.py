@@ -67,7 +67,7 @@ def test_dense_time_share_counts_matmul_and_attention_kernels_over_wall_time(mon
     ran = []
     clock = iter([0.0, 0.010])  # the run takes 10 ms of wall time
     monkeypatch.setattr(torch.profiler, "profile", Profile)
-    monkeypatch.setattr(roofline.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(roofline.time, "perf_counter", lambda: next(clock, 0.010))
     share = roofline.dense_time_share(lambda: ran.append(1), torch.device("cpu"))
     assert ran == [1] and share == (4000 + 1500 + 500) / 10_000  # exp and softmax are overhead
 
