@@ -59,7 +59,7 @@ def make_inputs(directory: str) -> dict:
     vocab = os.path.join(model_dir, "vocab.txt")
     with open(vocab, "w") as handle:
         handle.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    BertTokenizerFast(vocab_file=vocab, do_lower_case=True).save_pretrained(model_dir)
+    BertTokenizerFast(vocab=vocab, do_lower_case=True).save_pretrained(model_dir)
     torch.manual_seed(0)
     BertForMaskedLM(BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_hidden_layers=2,
                                num_attention_heads=4, intermediate_size=64,
