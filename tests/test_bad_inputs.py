@@ -181,7 +181,7 @@ def test_train_resume_from_corrupted_state(tiny_bert, train_file, tmp_path, caps
 
 
 # ---------------------------------------------------------------------------------------------------- decoding
-def decode(trained, input_file, output_file, *extra):
+def run_decode(trained, input_file, output_file, *extra):
     return decode.main(["--model_path", trained, "--input_file", str(input_file), "--output_file",
                         str(output_file), "--max_tgt_length", "4", *extra])
 
@@ -202,7 +202,7 @@ DECODE_DATA_CASES = [
 def test_decode_bad_data(trained, tmp_path, capsys, content, expected):
     bad = tmp_path / "in.jsonl"
     bad.write_text(content)
-    assert decode(trained, bad, tmp_path / "out.txt") == 2
+    assert run_decode(trained, bad, tmp_path / "out.txt") == 2
     line = one_error_line(capsys)
     assert str(bad) in line and expected in line, line
     assert not (tmp_path / "out.txt").exists()
@@ -211,9 +211,9 @@ def test_decode_bad_data(trained, tmp_path, capsys, content, expected):
 def test_decode_non_utf8_and_missing_input(trained, tmp_path, capsys):
     bad = tmp_path / "in.jsonl"
     bad.write_bytes(b'{"src": "a"}\n{"src": "\xff"}\n')
-    assert decode(trained, bad, tmp_path / "out.txt") == 2
+    assert run_decode(trained, bad, tmp_path / "out.txt") == 2
     assert f"{bad}:2: not valid UTF-8" in one_error_line(capsys)
-    assert decode(trained, tmp_path / "nope.jsonl", tmp_path / "out.txt") == 2
+    assert run_decode(trained, tmp_path / "nope.jsonl", tmp_path / "out.txt") == 2
     assert "nope.jsonl: file not found" in one_error_line(capsys)
 
 
@@ -225,8 +225,8 @@ def test_decode_skip_bad_lines_keeps_output_aligned(trained, tmp_path, caplog):
     clean = tmp_path / "clean.jsonl"
     clean.write_text("".join(json.dumps({"src": s}) + "\n" for s in good))
     with caplog.at_level(logging.WARNING):
-        assert decode(trained, mixed, tmp_path / "mixed.txt", "--skip_bad_lines") == 0
-    assert decode(trained, clean, tmp_path / "clean.txt") == 0
+        assert run_decode(trained, mixed, tmp_path / "mixed.txt", "--skip_bad_lines") == 0
+    assert run_decode(trained, clean, tmp_path / "clean.txt") == 0
     lines = (tmp_path / "mixed.txt").read_text().split("\n")[:-1]
     expected = (tmp_path / "clean.txt").read_text().split("\n")[:-1]
     assert len(lines) == 7
@@ -258,7 +258,7 @@ def test_decode_contradictory_flags(trained, tmp_path, capsys, extra, expected):
     source.write_text('{"src": "the cat"}\n')
     if "cuda" in extra and __import__("torch").cuda.is_available():
         pytest.skip("a GPU is present")
-    assert decode(trained, source, tmp_path / "out.txt", *extra) == 2
+    assert run_decode(trained, source, tmp_path / "out.txt", *extra) == 2
     line = one_error_line(capsys)
     assert expected in line, line
 
