@@ -18,7 +18,15 @@ setup(
     version="0.1.0",
     description="Fine-tune pretrained BERT-like checkpoints as sequence-to-sequence generators (s2s-ft style)",
     packages=find_packages(include=["s2s_ft*", "mass_objective*"]),
-    py_modules=["run_seq2seq", "decode_seq2seq"],
+    # run_seq2seq.py and decode_seq2seq.py stay in the checkout as the s2s-ft-compatible scripts; installed, the
+    # tools are these commands (and python -m s2s_ft.train / s2s_ft.decode / s2s_ft.evaluate).
+    entry_points={
+        "console_scripts": [
+            "s2s-ft-train = s2s_ft.train:main",
+            "s2s-ft-decode = s2s_ft.decode:main",
+            "s2s-ft-eval = s2s_ft.evaluate:main",
+        ],
+    },
     python_requires=">=3.9",
     install_requires=[
         f"torch>={MIN_TORCH}",

@@ -4,7 +4,7 @@ padding ratio and real (non-padding) tokens/s of each.
     python benchmarks/batching_speed.py --data ../shared/data/scitldr/train.jsonl
 
 Both systems fine-tune their own copy of the same checkpoint with the training loop's batch order: fixed batches are
-``batching.random_batches`` (the same permutation as ``training.micro_batch``), token-budget batches come from
+``batching.random_batches`` (the same permutation as ``batching.micro_batch``), token-budget batches come from
 ``batching.TokenBudgetSampler``. Without ``--max_tokens`` the budget is calibrated so that the token-budget epoch has
 the fixed batch's mean number of rows, i.e. the same examples per optimizer step on average. The systems take turns
 step by step so that machine noise hits both alike; each one's first step is a warm-up and is not counted. A step is
@@ -25,7 +25,7 @@ import torch
 from s2s_ft import checkpoint
 from s2s_ft.batching import TokenBudgetSampler, epoch_batches, packed_length, padding_ratio, random_batches
 from s2s_ft.data import load_tokenizer, read_pairs, special_ids
-from s2s_ft.datasets.minilm import minilm_dir
+from s2s_ft.minilm import minilm_dir
 from s2s_ft.loss import seq2seq_loss
 from s2s_ft.packing import Packer
 

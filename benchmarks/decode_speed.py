@@ -32,7 +32,7 @@ import torch
 
 from s2s_ft import checkpoint
 from s2s_ft.data import iter_jsonl, load_tokenizer, special_ids
-from s2s_ft.datasets.minilm import minilm_dir
+from s2s_ft.minilm import minilm_dir
 from s2s_ft.decoding import SearchConfig, Seq2SeqDecoder
 
 from roofline import ceiling, counted_flops, dense_time_share, matmul_peak, sync

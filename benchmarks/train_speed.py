@@ -22,7 +22,7 @@ import torch
 
 from s2s_ft import checkpoint
 from s2s_ft.data import load_tokenizer, read_pairs, special_ids
-from s2s_ft.datasets.minilm import minilm_dir
+from s2s_ft.minilm import minilm_dir
 from s2s_ft.loss import seq2seq_loss
 from s2s_ft.packing import Packer
 

@@ -7,9 +7,9 @@ What is deliberately shared with our trainer, so that only the model differs:
 
 * examples: ``s2s_ft.data.read_pairs`` (same tokenizer call, source truncated so ``[CLS] src [SEP]`` fits
   ``--max_source_len``, target so ``tgt [SEP]`` fits ``--max_target_len``);
-* batches: ``s2s_ft.training.micro_batch`` (epoch-wise permutations seeded by (seed, epoch)): at a given seed,
+* batches: ``s2s_ft.batching.micro_batch`` (epoch-wise permutations seeded by (seed, epoch)): at a given seed,
   step k sees exactly the examples our trainer sees at step k;
-* optimizer and schedule: ``s2s_ft.training.make_optimizer`` (AdamW, no decay on 1-D parameters, linear warmup
+* optimizer and schedule: ``s2s_ft.optim.make_optimizer`` (AdamW, no decay on 1-D parameters, linear warmup
   then linear decay to 0), gradient clipping at ``--max_grad_norm``;
 * loss: label-smoothed token cross-entropy, fp32 softmax, averaged over the target tokens of the batch (the
   closing ``[SEP]`` included), as ``s2s_ft.loss.seq2seq_loss`` does over our predicted tokens.
@@ -46,9 +46,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for s2s_ft
 
+from s2s_ft.batching import micro_batch  # noqa: E402
 from s2s_ft.data import iter_jsonl, load_tokenizer, read_pairs, tokenize_sides  # noqa: E402
 from s2s_ft.fileio import write_atomic  # noqa: E402
-from s2s_ft.training import make_optimizer, micro_batch, restore_rng, rng_state  # noqa: E402
+from s2s_ft.optim import make_optimizer  # noqa: E402
+from s2s_ft.rng import restore_rng, rng_state  # noqa: E402
+from s2s_ft.rundir import drop_log_records_after  # noqa: E402
 
 FINAL = "final"
 STATE = "state.pt"
@@ -73,6 +76,21 @@ def pad_rows(rows, fill: int, device) -> torch.Tensor:
 
 
 # -- training --------------------------------------------------------------------------------------------------
+def resume(state_path: str, steps: int, device, model, optimizer, scheduler) -> int:
+    """Load the state saved at ``state_path`` (if any) into the model, optimizer, scheduler and RNG; its step."""
+    if not os.path.isfile(state_path):
+        return 0
+    state = torch.load(state_path, map_location=device, weights_only=False)
+    if state["steps"] != steps:
+        sys.exit(f"{state_path} belongs to a {state['steps']}-step run, not {steps}; use a new --output_dir")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng(state["rng"])
+    print(f"resuming from {state_path} at step {state['step']}", flush=True)
+    return state["step"]
+
+
 def train(args) -> None:
     final = os.path.join(args.output_dir, FINAL)
     if os.path.isfile(os.path.join(final, "config.json")):
@@ -92,30 +110,14 @@ def train(args) -> None:
     random.seed(args.seed)
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(args.model_dir, args.model_dir).to(device)
     set_special_ids(model, tokenizer)
-    # make_optimizer reads our trainer's argument names
-    opt_args = argparse.Namespace(weight_decay=args.weight_decay, learning_rate=args.lr,
-                                  adam_epsilon=args.adam_epsilon, num_warmup_steps=args.warmup_steps,
-                                  num_training_steps=args.steps)
-    optimizer, scheduler = make_optimizer(model, opt_args)
+    optimizer, scheduler = make_optimizer(model, learning_rate=args.lr, weight_decay=args.weight_decay,
+                                          adam_epsilon=args.adam_epsilon, num_warmup_steps=args.warmup_steps,
+                                          num_training_steps=args.steps)
 
-    step = 0
     state_path = os.path.join(args.output_dir, STATE)
-    if os.path.isfile(state_path):
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        if state["steps"] != args.steps:
-            sys.exit(f"{state_path} belongs to a {state['steps']}-step run, not {args.steps}; use a new --output_dir")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng(state["rng"])
-        step = state["step"]
-        print(f"resuming from {state_path} at step {step}", flush=True)
-
+    step = resume(state_path, args.steps, device, model, optimizer, scheduler)
     log_path = os.path.join(args.output_dir, "train_log.jsonl")
-    if os.path.isfile(log_path):  # steps logged after the state we resume from will be logged again
-        with open(log_path) as handle:
-            kept = [line for line in handle if line.strip() and json.loads(line)["step"] <= step]
-        write_atomic(log_path, "".join(kept))
+    drop_log_records_after(log_path, step)  # steps logged after the state we resume from will be logged again
 
     cls, sep, pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
     model.train()

@@ -409,7 +409,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through run_logged, which stops the child
     if args.model_dir is None:
-        from s2s_ft.datasets.minilm import minilm_dir
+        from s2s_ft.minilm import minilm_dir
         args.model_dir = minilm_dir()
 
     units_by_dataset, settings_by_dataset = {}, {}

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from output_diagnostics import content_words  # noqa: E402  (this folder is on sys.path when run as a script)
 from s2s_ft.data import DataError  # noqa: E402
-from s2s_ft.evaluate import read_dev_examples, read_hypotheses, score  # noqa: E402
+from s2s_ft.metrics import read_dev_examples, read_hypotheses, score  # noqa: E402
 from s2s_ft.fileio import write_atomic  # noqa: E402
 
 METRICS = ("bleu", "meteor", "rouge")

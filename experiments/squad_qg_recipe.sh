@@ -20,7 +20,7 @@ DATA="$1"
 WORK="$2"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
-MODEL_DIR="${MODEL_DIR:-$("$PYTHON" -c 'from s2s_ft.datasets.minilm import minilm_dir; print(minilm_dir())')}"
+MODEL_DIR="${MODEL_DIR:-$("$PYTHON" -c 'from s2s_ft.minilm import minilm_dir; print(minilm_dir())')}"
 STEPS="${STEPS:-2800}"
 SEED="${SEED:-1}"
 # bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 / AMX); elsewhere it is emulated and slower than fp32

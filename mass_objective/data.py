@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, Union
 
-from s2s_ft.data import DataError, iter_jsonl, tokenize_sides
+from s2s_ft.data import DataError, check_side, iter_jsonl, report_skipped, tokenize_sides
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +65,11 @@ def _iter_texts(path: str, skip_bad_lines: bool = False) -> Iterator[tuple[int, 
         if isinstance(record, DataError):
             yield number, record
             continue
-        value = record.get("text")
-        if value is None:
-            yield number, DataError(f"{path}:{number}: missing \"text\" (expected {{\"text\": ...}})")
-        elif isinstance(value, str) and value.strip():
-            yield number, value
-        elif isinstance(value, list) and value and all(isinstance(piece, str) for piece in value):
-            yield number, value
-        else:
-            yield number, DataError(f"{path}:{number}: \"text\" must be a non-empty string or a list of "
-                                    f"word-piece strings")
+        try:
+            value = check_side(path, number, record, "text", expected='{"text": ...}')
+        except DataError as error:
+            value = error
+        yield number, value
 
 
 def split_chunks(ids: list[int], max_length: int) -> list[list[int]]:
@@ -124,8 +119,7 @@ def read_sentences(path: str, tokenizer, max_length: int,
     if not any_line:
         raise DataError(f"{path}: empty file (expected one sentence a line)")
     stats.sentences, stats.skipped = len(sentences), len(bad)
-    if bad:
-        log.warning("skipped %d bad lines in %s; first: %s", len(bad), path, " | ".join(bad[:3]))
+    report_skipped(path, bad)
     if not sentences:
         raise DataError(f"{path}: no usable sentences")
     if stats.split_lines:

@@ -1,9 +1,10 @@
 """s2s_ft: fine-tune pretrained bidirectional Transformers (BERT, RoBERTa, XLM-R, ELECTRA, MiniLM, UniLM) as
 sequence-to-sequence generators with one shared Transformer.
 
-Where things live: ``model`` (the only model code), ``packing`` (the fine-tuning methods), ``checkpoint``
-(HF key names per family), ``loss``, ``decoding`` (cached greedy/beam search), ``training`` and ``inference``
-(the code behind run_seq2seq.py and decode_seq2seq.py), ``data`` (JSONL reading).
+Where things live (README "How the code is laid out"): ``model`` (the only model code), ``methods`` (the fine-tuning
+methods), ``packing`` (pairs -> model inputs), ``checkpoint`` (HF key names per family), ``loss``, ``decoding``
+(cached greedy/beam search), ``training`` (the loop) and ``inference`` (the Python decoding API). The command-line
+tools are ``train``, ``decode`` and ``evaluate`` (``s2s-ft-train``, ``s2s-ft-decode``, ``s2s-ft-eval``).
 """
 import re
 

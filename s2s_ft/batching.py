@@ -1,28 +1,44 @@
-"""Token-budget batching (``--max_tokens_per_batch``): micro-batches of examples of similar packed length.
+"""Which examples form micro-batch c.
 
-Epoch e: a permutation seeded by (seed, e) is cut into chunks of ``chunk_size`` examples; each chunk is sorted by
-packed length (stable, so ties keep the random order) and cut greedily into batches whose padded size, rows x
-longest packed length, stays within the budget; then the batches of the whole epoch are shuffled with the same
-generator. Everything is a pure function of (seed, epoch), so micro-batch counter c maps to (epoch, index) by
+Fixed-size batches (``micro_batch``): the examples of epoch e in the order of a permutation seeded by (seed, e), cut
+into batches of the global batch size (the last one of an epoch may be smaller).
+
+Token-budget batches (``--max_tokens_per_batch``, ``TokenBudgetSampler``): micro-batches of examples of similar
+packed length. Epoch e: a permutation seeded by (seed, e) is cut into chunks of ``chunk_size`` examples; each chunk
+is sorted by packed length (stable, so ties keep the random order) and cut greedily into batches whose padded size,
+rows x longest packed length, stays within the budget; then the batches of the whole epoch are shuffled with the
+same generator. Everything is a pure function of (seed, epoch), so micro-batch counter c maps to (epoch, index) by
 counting the batches of the epochs before it, and a resumed run sees exactly the batches it would have seen.
 An example longer than the budget on its own forms a batch of one (the caller warns about it).
 """
 from __future__ import annotations
 
 import bisect
+import math
 from typing import Sequence
 
 import torch
 
-from .packing import Pair
+from .packing import packed_length  # noqa: F401  (the length batches are measured in; re-exported)
 
 DEFAULT_CHUNK = 4096  # examples sorted together: large enough to group lengths, small enough to stay random
 
 
-def packed_length(pair: Pair, method: str) -> int:
-    """Columns the packer lays out for ``pair``: ``[CLS] src [SEP]`` + target tokens (+ one pseudo token per target
-    token for pseudo_masked). Must agree with ``Packer.pack_example`` (tested)."""
-    return len(pair.source) + 2 + pair.num_target_tokens * (2 if method == "pseudo_masked" else 1)
+def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+    """The generator that orders epoch ``epoch``: seeded by (seed, epoch) alone, so resume needs no state."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch + salt)
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> list[int]:
+    return torch.randperm(num_examples, generator=epoch_generator(seed, epoch)).tolist()
+
+
+def micro_batch(examples: Sequence, counter: int, batch_size: int, seed: int) -> tuple[list, int]:
+    """(examples of fixed-size micro-batch ``counter``, its epoch)."""
+    per_epoch = math.ceil(len(examples) / batch_size)
+    epoch, index = divmod(counter, per_epoch)
+    order = epoch_permutation(len(examples), seed, epoch)
+    return [examples[i] for i in order[index * batch_size:(index + 1) * batch_size]], epoch
 
 
 def padding_ratio(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
@@ -33,8 +49,8 @@ def padding_ratio(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> f
 
 
 def random_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The fixed-size batches of ``training.micro_batch`` for one epoch (same permutation), for comparisons."""
-    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    """The index batches of ``micro_batch`` for one epoch, for comparisons."""
+    order = epoch_permutation(num_examples, seed, epoch)
     return [order[i:i + batch_size] for i in range(0, num_examples, batch_size)]
 
 
@@ -42,7 +58,7 @@ def epoch_batches(lengths: Sequence[int], max_tokens: int, seed: int, epoch: int
                   chunk_size: int = DEFAULT_CHUNK) -> list[list[int]]:
     """Index batches of epoch ``epoch``: every example exactly once, each batch's rows x longest <= max_tokens (or a
     single over-long example)."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919)
+    generator = epoch_generator(seed, epoch, salt=7_919)
     order = torch.randperm(len(lengths), generator=generator).tolist()
     batches: list[list[int]] = []
     for start in range(0, len(order), chunk_size):

@@ -1,4 +1,8 @@
-"""What both command-line tools share: logging setup and turning user errors into one line and exit status 2."""
+"""What the command-line tools (s2s_ft.train, s2s_ft.decode, s2s_ft.evaluate) share: the flags that mean the same
+thing in every tool, logging setup, and turning user errors into one line and exit status 2.
+
+Library modules never import this one (nor the tools): they raise the errors of s2s_ft/errors.py.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,18 +12,25 @@ from typing import Callable, Optional, Sequence
 
 from .checkpoint import CheckpointError
 from .data import DataError
-
-
-class UsageError(ValueError):
-    """Contradictory or impossible flags."""
-
-
-class TrainingStopped(RuntimeError):
-    """Training cannot go on (e.g. too many consecutive non-finite losses); reported as one line, exit status 3."""
-
+from .detokenize import DETOKENIZERS
+from .errors import TrainingStopped, UsageError  # noqa: F401  (re-exported: older code imports them from here)
+from .precision import PRECISIONS
 
 # Errors caused by the user's input: reported as one line, never as a traceback.
 USER_ERRORS = (UsageError, DataError, CheckpointError)
+
+
+def add_precision_flags(add: Callable) -> None:
+    add("--precision", default=None, choices=PRECISIONS, help="torch.autocast mixed precision (default fp32)")
+    add("--fp16", action="store_true", help="alias of --precision fp16 (apex is not used)")
+
+
+def add_detokenize_flag(add: Callable, help_text: str) -> None:
+    add("--detokenize", default="text", choices=DETOKENIZERS, help=help_text)
+
+
+def add_log_level_flag(add: Callable) -> None:
+    add("--log_level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
 def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], object],

@@ -96,10 +96,12 @@ class TokenizeStats:
     skipped: int = 0
 
 
-def check_side(path, number, record, key):
+def check_side(path, number, record, key, expected: str = '{"src": ..., "tgt": ...}'):
+    """``record[key]`` if it is a non-empty string or a non-empty list of word-piece strings, else DataError naming
+    the line (``expected`` shows the record a line should hold)."""
     value = record.get(key)
     if value is None:
-        raise DataError(f"{path}:{number}: missing \"{key}\" (expected {{\"src\": ..., \"tgt\": ...}})")
+        raise DataError(f"{path}:{number}: missing \"{key}\" (expected {expected})")
     if isinstance(value, str):
         if not value.strip():
             raise DataError(f"{path}:{number}: \"{key}\" is empty")
@@ -107,6 +109,31 @@ def check_side(path, number, record, key):
     if isinstance(value, list) and value and all(isinstance(piece, str) for piece in value):
         return value
     raise DataError(f"{path}:{number}: \"{key}\" must be a non-empty string or a list of word-piece strings")
+
+
+def report_skipped(path: str, bad: Sequence[str], consequence: str = "") -> None:
+    """One warning for the bad lines ``--skip_bad_lines`` skipped: how many, and the first three."""
+    if bad:
+        log.warning("skipped %d bad lines in %s%s; first: %s", len(bad), path, consequence, " | ".join(bad[:3]))
+
+
+def read_sources(path: str, skip_bad_lines: bool = False) -> tuple[list, list[int]]:
+    """``src`` of every non-blank line of a JSONL file to decode (None for a skipped bad line) and its line number."""
+    sources, numbers, bad = [], [], []
+    for number, record in iter_jsonl(path, inline_errors=skip_bad_lines, expected='a "src" field'):
+        try:
+            if isinstance(record, DataError):
+                raise record
+            value = check_side(path, number, record, "src", expected='{"src": ...}')
+        except DataError as error:
+            if not skip_bad_lines:
+                raise
+            bad.append(str(error))
+            value = None
+        sources.append(value)
+        numbers.append(number)
+    report_skipped(path, bad, " (each gets an empty output line)")
+    return sources, numbers
 
 
 def tokenize_sides(tokenizer, values: Sequence) -> list[list[int]]:
@@ -159,8 +186,7 @@ def read_pairs(path: str, tokenizer, max_source_len: int, max_target_len: int,
             tgt, stats.truncated_targets = tgt[:max_target_len - 1], stats.truncated_targets + 1
         pairs.append(Pair(src, tgt))
     stats.examples, stats.skipped = len(pairs), len(bad)
-    if bad:
-        log.warning("skipped %d bad lines in %s; first: %s", len(bad), path, " | ".join(bad[:3]))
+    report_skipped(path, bad)
     if not pairs:
         raise DataError(f"{path}: no usable examples")
     if stats.truncated_sources or stats.truncated_targets:

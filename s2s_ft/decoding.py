@@ -1,7 +1,8 @@
 """Incremental-state decoding: greedy and beam search over the shared model with a key/value cache.
 
 The source is encoded once into a pre-allocated ``KVCache``; each step feeds only new tokens, with the same
-positions, segments and attention ranks as training (``packing`` defines them):
+positions, segments and attention ranks as training. Which tokens a step feeds is the fine-tuning method's answer
+(``methods.FineTuningMethod.step_feed``):
 
 * masked / pseudo_masked checkpoints: the previous token as a real target token (kept in the cache) plus a [MASK]
   at the next position with pseudo ranks (used to predict, never kept);
@@ -30,8 +31,9 @@ from typing import Optional, Sequence
 
 import torch
 
+from .methods import get_method
 from .model import KVCache, UnifiedTransformer
-from .packing import SpecialIds, decoding_prefix, pseudo_ranks, real_target_ranks
+from .packing import SpecialIds, decoding_prefix
 
 
 @dataclass
@@ -92,10 +94,10 @@ class _Rows:
 class Seq2SeqDecoder:
     """Loads once, decodes many batches; the model is any ``UnifiedTransformer`` with its training settings."""
 
-    def __init__(self, model: UnifiedTransformer, special: SpecialIds, method: str,
+    def __init__(self, model: UnifiedTransformer, special: SpecialIds, method,
                  device: torch.device | str = "cpu", autocast_dtype: Optional[torch.dtype] = None):
         self.model = model.eval().to(device)
-        self.special, self.method = special, method
+        self.special, self.method = special, get_method(method)  # a name of METHODS or a FineTuningMethod
         self.device = torch.device(device)
         self.autocast_dtype = autocast_dtype
 
@@ -103,19 +105,12 @@ class Seq2SeqDecoder:
     def _step_inputs(self, rows: _Rows, step: int):
         """(input_ids, position_ids, token_type_ids, key_rank, query_rank, n_store) of the tokens fed at ``step``."""
         r = rows.tokens.shape[0]
-        columns = []  # (ids [R], target index, ranks)
-        if self.method == "causal":
-            previous = rows.tokens[:, -1] if step else torch.full((r,), self.special.start, device=self.device)
-            columns.append((previous, step, real_target_ranks(step)))
-            n_store = 1
-        else:
-            if step:
-                columns.append((rows.tokens[:, -1], step - 1, real_target_ranks(step - 1)))
-            columns.append((torch.full((r,), self.special.mask, device=self.device), step, pseudo_ranks(step)))
-            n_store = 1 if step else 0
-        ids = torch.stack([c[0] for c in columns], 1)
-        positions = torch.stack([rows.source_length + c[1] for c in columns], 1)
-        ranks = torch.tensor([c[2] for c in columns], device=self.device)
+        feed, n_store = self.method.step_feed(step)
+        fill = {"start": self.special.start, "mask": self.special.mask}
+        ids = torch.stack([rows.tokens[:, -1] if kind == "previous"
+                           else torch.full((r,), fill[kind], device=self.device) for kind, _, _ in feed], 1)
+        positions = torch.stack([rows.source_length + index for _, index, _ in feed], 1)
+        ranks = torch.tensor([column_ranks for _, _, column_ranks in feed], device=self.device)
         key_rank = ranks[:, 0].expand(r, -1)
         query_rank = ranks[:, 1].expand(r, -1)
         types = torch.full_like(ids, self.special.target_type)
@@ -132,22 +127,19 @@ class Seq2SeqDecoder:
                 rows.history[name] = torch.cat([rows.history[name], value[:, :n_store]], 1)
         return hidden[:, -1]
 
-    @torch.inference_mode()
-    def generate(self, sources: Sequence[Sequence[int]], config: SearchConfig) -> list[list[Hypothesis]]:
-        """Best ``config.nbest`` hypotheses per source, best first; sources are token ids without specials."""
-        k, sp = config.beam_size, self.special
-        n = len(sources)
-        prefix = decoding_prefix(sources, sp).to(self.device)
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    # -- search ----------------------------------------------------------------------------------------------------
+    def _start(self, sources: Sequence[Sequence[int]], config: SearchConfig) -> tuple[_Rows, Optional[KVCache], int]:
+        """k rows per source (beam 0 live, the others at -inf), the source encoded into the cache once (or kept as
+        the no-cache path's history); returns (rows, cache, padded source width)."""
+        k, n = config.beam_size, len(sources)
+        prefix = decoding_prefix(sources, self.special).to(self.device)
         inputs = prefix.model_inputs()
         source_width = prefix.input_ids.shape[1]
-        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
-        ignore_ids = torch.tensor(list(config.forbid_ignore_ids), dtype=torch.long, device=self.device)
-        finished: list[list[Hypothesis]] = [[] for _ in range(n)]
-        # Layout tokens are never output (s2s-ft forbids them too); [SEP] ends a hypothesis instead.
-        never_generated = torch.tensor(sorted({sp.cls, sp.pad, sp.mask} - {sp.sep}), device=self.device)
-
         cache = None
-        with autocast:
+        with self._autocast():
             if config.use_cache:
                 cache_dtype = self.autocast_dtype or next(self.model.parameters()).dtype
                 cache = KVCache(self.model.config, n, source_width + config.max_tgt_length + 1, self.device,
@@ -162,68 +154,92 @@ class Seq2SeqDecoder:
             cache.reorder(expand)
         else:
             rows.history = {name: value[expand] for name, value in inputs.items()}
+        return rows, cache, source_width
 
-        for step in range(config.max_tgt_length):
-            step_inputs = self._step_inputs(rows, step)
-            names = ("input_ids", "position_ids", "token_type_ids", "key_rank", "query_rank")
-            with autocast:
-                hidden = self._forward(dict(zip(names, step_inputs[:5])), cache, rows, step_inputs[5])
-                log_probs = torch.log_softmax(self.model.head(hidden).float(), -1)  # [R, V]
-            vocab = log_probs.shape[-1]
-            log_probs[:, never_generated] = float("-inf")
-            if step < config.min_len:
-                log_probs[:, sp.sep] = float("-inf")
-            if config.forbid_duplicate_ngrams:
-                banned = banned_ngram_mask(rows.tokens, vocab, config.ngram_size, ignore_ids)
-                log_probs.masked_fill_(banned, float("-inf"))
-            last_step = step + 1 == config.max_tgt_length
+    def _log_probs(self, rows: _Rows, step: int, cache: Optional[KVCache], config: SearchConfig,
+                   never_generated: torch.Tensor, ignore_ids: torch.Tensor) -> torch.Tensor:
+        """[R, V] next-token log-probabilities of every row, banned tokens at -inf."""
+        sp = self.special
+        step_inputs = self._step_inputs(rows, step)
+        names = ("input_ids", "position_ids", "token_type_ids", "key_rank", "query_rank")
+        with self._autocast():
+            hidden = self._forward(dict(zip(names, step_inputs[:5])), cache, rows, step_inputs[5])
+            log_probs = torch.log_softmax(self.model.head(hidden).float(), -1)  # [R, V]
+        log_probs[:, never_generated] = float("-inf")
+        if step < config.min_len:
+            log_probs[:, sp.sep] = float("-inf")
+        if config.forbid_duplicate_ngrams:
+            banned = banned_ngram_mask(rows.tokens, log_probs.shape[-1], config.ngram_size, ignore_ids)
+            log_probs.masked_fill_(banned, float("-inf"))
+        return log_probs
 
-            alive = rows.sentence.shape[0] // k
-            candidates = (rows.scores[:, None] + log_probs).view(alive, k * vocab)
-            top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)
-            beam, token = top_index // vocab, top_index % vocab
-            sentences = rows.sentence.view(alive, k)[:, 0]
-
-            # Move the small top-k tables to the host once per step: the bookkeeping below is per sentence.
-            top_scores_h, beam_h, token_h = top_scores.tolist(), beam.tolist(), token.tolist()
-            sentences_h = sentences.tolist()
-            tokens_h = rows.tokens
-            keep_rows, keep_tokens, keep_scores = [], [], []
-            for a in range(alive):
-                sentence = sentences_h[a]
-                chosen = []
-                for rank, (score, b, t) in enumerate(zip(top_scores_h[a], beam_h[a], token_h[a])):
-                    if score == float("-inf"):
-                        break
-                    row = a * k + b
-                    if t == sp.sep or last_step:
-                        # only a [SEP] that would have kept its place in the beam finishes; the break below never
-                        # skips one (the k-th live candidate has rank >= k - 1)
-                        if rank < k and len(finished[sentence]) < k:
-                            ids = tokens_h[row].tolist() + ([] if t == sp.sep else [t])
-                            length = len(ids) + 1 if t == sp.sep else len(ids)
-                            finished[sentence].append(Hypothesis(
-                                ids, score / gnmt_length_penalty(length, config.length_penalty), score,
-                                finished=t == sp.sep))
-                    elif len(chosen) < k:
-                        chosen.append((row, t, score))
-                    if len(chosen) == k:
-                        break
-                if len(finished[sentence]) >= k or last_step or not chosen:
-                    continue  # the sentence is done: its rows leave the batch
-                while len(chosen) < k:  # fewer live candidates than beams: pad with dead copies
-                    chosen.append((chosen[0][0], chosen[0][1], float("-inf")))
-                for row, t, score in chosen:
-                    keep_rows.append(row)
-                    keep_tokens.append(t)
-                    keep_scores.append(score)
-            if not keep_rows:
+    def _sentence_step(self, ranked, first_row: int, tokens: torch.Tensor, done: list[Hypothesis], last_step: bool,
+                       config: SearchConfig) -> list[tuple[int, int, float]]:
+        """One sentence's step: ``ranked`` holds its best 2k (score, beam, token) candidates in rank order. Finished
+        hypotheses are appended to ``done``; returns the k (row, token, score) that stay live, [] if it is done."""
+        k, sep = config.beam_size, self.special.sep
+        chosen = []
+        for rank, (score, b, t) in enumerate(ranked):
+            if score == float("-inf"):
                 break
+            row = first_row + b
+            if t == sep or last_step:
+                # only a [SEP] that would have kept its place in the beam finishes; the break below never skips one
+                # (the k-th live candidate has rank >= k - 1)
+                if rank < k and len(done) < k:
+                    ids = tokens[row].tolist() + ([] if t == sep else [t])
+                    length = len(ids) + 1 if t == sep else len(ids)
+                    done.append(Hypothesis(ids, score / gnmt_length_penalty(length, config.length_penalty), score,
+                                           finished=t == sep))
+            elif len(chosen) < k:
+                chosen.append((row, t, score))
+            if len(chosen) == k:
+                break
+        if len(done) >= k or last_step or not chosen:
+            return []  # the sentence is done: its rows leave the batch
+        while len(chosen) < k:  # fewer live candidates than beams: pad with dead copies
+            chosen.append((chosen[0][0], chosen[0][1], float("-inf")))
+        return chosen
+
+    def _choose(self, rows: _Rows, log_probs: torch.Tensor, last_step: bool, config: SearchConfig,
+                finished: list[list[Hypothesis]]) -> list[tuple[int, int, float]]:
+        """The (row, token, score) of every live beam after this step, sentence by sentence."""
+        k, vocab = config.beam_size, log_probs.shape[-1]
+        alive = rows.sentence.shape[0] // k
+        candidates = (rows.scores[:, None] + log_probs).view(alive, k * vocab)
+        top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)
+        beam, token = top_index // vocab, top_index % vocab
+        sentences = rows.sentence.view(alive, k)[:, 0]
+        # Move the small top-k tables to the host once per step: the bookkeeping is per sentence.
+        top_scores_h, beam_h, token_h = top_scores.tolist(), beam.tolist(), token.tolist()
+        kept = []
+        for a, sentence in enumerate(sentences.tolist()):
+            ranked = zip(top_scores_h[a], beam_h[a], token_h[a])
+            kept += self._sentence_step(ranked, a * k, rows.tokens, finished[sentence], last_step, config)
+        return kept
+
+    @torch.inference_mode()
+    def generate(self, sources: Sequence[Sequence[int]], config: SearchConfig) -> list[list[Hypothesis]]:
+        """Best ``config.nbest`` hypotheses per source, best first; sources are token ids without specials."""
+        rows, cache, source_width = self._start(sources, config)
+        sp = self.special
+        ignore_ids = torch.tensor(list(config.forbid_ignore_ids), dtype=torch.long, device=self.device)
+        # Layout tokens are never output (s2s-ft forbids them too); [SEP] ends a hypothesis instead.
+        never_generated = torch.tensor(sorted({sp.cls, sp.pad, sp.mask} - {sp.sep}), device=self.device)
+        finished: list[list[Hypothesis]] = [[] for _ in sources]
+        for step in range(config.max_tgt_length):
+            log_probs = self._log_probs(rows, step, cache, config, never_generated, ignore_ids)
+            kept = self._choose(rows, log_probs, step + 1 == config.max_tgt_length, config, finished)
+            if not kept:
+                break
+            keep_rows = [row for row, _, _ in kept]
+            unmoved = keep_rows == list(range(rows.tokens.shape[0]))
             index = torch.tensor(keep_rows, device=self.device)
             rows = rows.select(index)
-            rows.tokens = torch.cat([rows.tokens, torch.tensor(keep_tokens, device=self.device)[:, None]], 1)
-            rows.scores = torch.tensor(keep_scores, device=self.device, dtype=rows.scores.dtype)
-            if cache is not None and keep_rows != list(range(len(tokens_h))):  # greedy: usually nothing moves
+            rows.tokens = torch.cat([rows.tokens, torch.tensor([t for _, t, _ in kept], device=self.device)[:, None]],
+                                    1)
+            rows.scores = torch.tensor([score for _, _, score in kept], device=self.device, dtype=rows.scores.dtype)
+            if cache is not None and not unmoved:  # greedy: usually nothing moves
                 # Beams only ever move within their sentence, whose source part of the cache they all share.
                 cache.reorder(index, shared_prefix=source_width)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 # Suffixes of a directory replacement in progress (see replace_dir): the new version being written, the complete
 # new version waiting to be renamed in, the previous version moved aside.
@@ -42,6 +42,11 @@ def write_atomic(path: str, data: Union[str, bytes]) -> None:
             os.remove(temporary)
         raise
     fsync_parent(path)
+
+
+def write_lines_atomic(path: str, lines: Sequence[str]) -> None:
+    """``lines``, each ended by a newline, written with ``write_atomic``."""
+    write_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def sha256_file(path: str) -> str:

@@ -1,8 +1,7 @@
-"""The packing layer: the only place where the fine-tuning methods differ.
+"""The packing layer: tokenised (source, target) pairs -> the tensors the model reads.
 
-It turns tokenised (source, target) pairs into the tensors the model reads -- ids, positions, segments,
-attention ranks (see ``model.attention_allowed``) and labels. Layout, as in s2s-ft so checkpoints are
-interchangeable::
+It turns pairs into ids, positions, segments, attention ranks (see ``model.attention_allowed``) and labels. Layout,
+as in s2s-ft so checkpoints are interchangeable::
 
     [CLS] source [SEP] | target ... [SEP] | (pseudo masks, pseudo_masked only) | padding
 
@@ -12,16 +11,8 @@ by a [SEP] that is predicted like any target token, unless the pair says ``close
 the masked fragment, so there is nothing to close). Each example is contiguous and padding only trails it, so
 batches are padded to their longest example.
 
-Methods (``labels`` is -100 where nothing is predicted):
-
-* ``causal``: the target input is shifted right behind a start token; position n_src + i holds target i-1 and
-  predicts target i. Real-target ranks give the causal mask.
-* ``masked``: round(ratio * m) target tokens (at least one; the closing [SEP], if any, is a candidate; with
-  ``Pair.predicted``, m counts and the draw picks only the predicted tokens) are corrupted 80/10/10 ([MASK] /
-  random / kept) and predicted; the s2s mask is the same rank rule.
-* ``pseudo_masked``: a pseudo token per target token, at the same position, corrupted 80/10/10 and predicted for
-  every target token; each real target token is also corrupted with probability ``target_mask_prob`` ("word
-  drop"). Pseudo i sees the source, real targets < i and itself; nobody sees a pseudo token.
+How the target part is laid out is the fine-tuning method's business (``s2s_ft/methods.py``: causal, masked,
+pseudo_masked, with the role ranks); this module lays out the source, checks the pair and pads the batch.
 """
 from __future__ import annotations
 
@@ -30,24 +21,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .model import NEVER_VISIBLE
-
-METHODS = ("causal", "masked", "pseudo_masked")
-IGNORE_INDEX = -100
-
-# Rank pairs (key_rank, query_rank) of the token roles, read with model.attention_allowed's rule.
-SOURCE_RANKS = (0, 0)
-PADDING_RANKS = (NEVER_VISIBLE, -1)
-
-
-def real_target_ranks(step: int) -> tuple[int, int]:
-    """Target token ``step`` (0-based): visible from step+1 on, sees real targets up to itself."""
-    return step + 1, step + 1
-
-
-def pseudo_ranks(step: int) -> tuple[int, int]:
-    """Pseudo / prediction [MASK] for target ``step``: visible to nobody, sees real targets before it."""
-    return NEVER_VISIBLE, step
+from .methods import (IGNORE_INDEX, METHODS, PADDING_RANKS, SOURCE_RANKS, FineTuningMethod, get_method,  # noqa: F401
+                      pseudo_ranks, real_target_ranks)
 
 
 @dataclass(frozen=True)
@@ -129,7 +104,7 @@ def corrupt_token(token: int, p_mask: float, p_random: float, special: SpecialId
     return token
 
 
-class _Row:
+class Row:
     """Column-wise builder of one packed example."""
 
     def __init__(self):
@@ -148,44 +123,42 @@ class _Row:
 
 
 class Packer:
-    """Packs batches for one fine-tuning method.
+    """Packs batches for one fine-tuning method (a name of ``METHODS`` or a ``FineTuningMethod``).
 
     ``target_mask_prob`` is the masked ratio for ``masked`` and the word-drop probability for ``pseudo_masked``.
     ``corruption`` is the (mask, random, keep) split applied to corrupted tokens.
     """
 
-    def __init__(self, method: str, special: SpecialIds, target_mask_prob: float = 0.2,
+    def __init__(self, method, special: SpecialIds, target_mask_prob: float = 0.2,
                  corruption: Sequence[float] = (0.8, 0.1, 0.1), corrupt: bool = True):
-        if method not in METHODS:
-            raise ValueError(f"unknown fine-tuning method {method!r}; choose one of {', '.join(METHODS)}")
+        self.method: FineTuningMethod = get_method(method)
         if abs(sum(corruption) - 1.0) > 1e-6 or min(corruption) < 0:
             raise ValueError(f"corruption split {tuple(corruption)} must be three non-negative numbers summing to 1")
-        self.method, self.special, self.target_mask_prob = method, special, target_mask_prob
+        self.special, self.target_mask_prob = special, target_mask_prob
         self.corruption = tuple(corruption)
         self.corrupt_enabled = corrupt  # off: tests compare training-time logits with decoding-time logits
 
-    # -- corruption ------------------------------------------------------------------------------------------
-    def _corrupt(self, token: int, generator: torch.Generator) -> int:
+    # -- corruption (the methods call these) ---------------------------------------------------------------------
+    def corrupt(self, token: int, generator: torch.Generator) -> int:
         if not self.corrupt_enabled:
             return self.special.mask
         p_mask, p_random, _ = self.corruption
         return corrupt_token(token, p_mask, p_random, self.special, generator)
 
-    def _chance(self, probability: float, generator: torch.Generator) -> bool:
+    def chance(self, probability: float, generator: torch.Generator) -> bool:
         return self.corrupt_enabled and float(torch.rand((), generator=generator)) < probability
 
     # -- one example ---------------------------------------------------------------------------------------------
-    def pack_example(self, pair: Pair, generator: torch.Generator) -> _Row:
+    def pack_example(self, pair: Pair, generator: torch.Generator) -> Row:
         sp = self.special
-        row = _Row()
+        row = Row()
         source = [sp.cls, *pair.source, sp.sep]
         for position, token in enumerate(source):
             row.add(token, position, sp.source_type, SOURCE_RANKS)
-        n_src = len(source)
         target = [*pair.target, sp.sep] if pair.close_target else list(pair.target)
         if not target:
             raise ValueError("empty target with close_target=False: nothing to predict")
-        positions = pair.target_positions or [n_src + i for i in range(len(target))]
+        positions = pair.target_positions or [len(source) + i for i in range(len(target))]
         if len(positions) != len(target):
             raise ValueError(f"{len(positions)} target positions for {len(target)} target tokens")
         predicted = pair.predicted if pair.predicted is not None else [True] * len(target)
@@ -193,33 +166,8 @@ class Packer:
             raise ValueError(f"{len(predicted)} predicted flags for {len(target)} target tokens")
         if not any(predicted):
             raise ValueError("no target token is predicted: nothing to learn from this pair")
-        segment = sp.target_type
-
-        def label(i: int) -> int:
-            return target[i] if predicted[i] else IGNORE_INDEX
-
-        if self.method == "causal":
-            inputs = [sp.start, *target[:-1]]
-            for i, token in enumerate(inputs):
-                row.add(token, positions[i], segment, real_target_ranks(i), label(i))
-        elif self.method == "masked":
-            # drawn among the predicted tokens only: a pair whose flags mark fillers (MASS full target) still gets
-            # round(ratio * fragment) >= 1 labels (with all tokens predicted, the same draws as without flags)
-            candidates = [i for i, flag in enumerate(predicted) if flag]
-            count = min(len(candidates), max(1, round(len(candidates) * self.target_mask_prob)))
-            chosen = {candidates[j] for j in torch.randperm(len(candidates), generator=generator)[:count].tolist()}
-            for i, token in enumerate(target):
-                if i in chosen:
-                    row.add(self._corrupt(token, generator), positions[i], segment, real_target_ranks(i), token)
-                else:
-                    row.add(token, positions[i], segment, real_target_ranks(i))
-        else:  # pseudo_masked
-            for i, token in enumerate(target):
-                dropped = self._chance(self.target_mask_prob, generator)
-                row.add(self._corrupt(token, generator) if dropped else token, positions[i], segment,
-                        real_target_ranks(i))
-            for i, token in enumerate(target):
-                row.add(self._corrupt(token, generator), positions[i], segment, pseudo_ranks(i), label(i))
+        labels = [token if flag else IGNORE_INDEX for token, flag in zip(target, predicted)]
+        self.method.pack_target(row, target, positions, labels, self, generator)
         return row
 
     # -- a batch -------------------------------------------------------------------------------------------------
@@ -230,7 +178,13 @@ class Packer:
         return collate(rows, self.special.pad)
 
 
-def collate(rows: Sequence[_Row], pad_id: int) -> PackedBatch:
+def packed_length(pair: Pair, method) -> int:
+    """Columns the packer lays out for ``pair``: ``[CLS] src [SEP]`` + the method's target columns. Must agree with
+    ``Packer.pack_example`` (tested)."""
+    return len(pair.source) + 2 + get_method(method).target_columns(pair.num_target_tokens)
+
+
+def collate(rows: Sequence[Row], pad_id: int) -> PackedBatch:
     """Right-pad rows to the longest one; padding sees only itself and is seen by nobody."""
     width = max(len(row.ids) for row in rows)
     fills = (pad_id, 0, 0, PADDING_RANKS[0], PADDING_RANKS[1], IGNORE_INDEX)
@@ -248,7 +202,7 @@ def decoding_prefix(sources: Sequence[Sequence[int]], special: SpecialIds) -> Pa
     """
     rows = []
     for source in sources:
-        row = _Row()
+        row = Row()
         for position, token in enumerate([special.cls, *source, special.sep]):
             row.add(token, position, special.source_type, SOURCE_RANKS)
         rows.append(row)

@@ -16,10 +16,11 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .cli import UsageError, run_cli
+from .cli import add_log_level_flag, run_cli
 from .data import DataError
-from .evaluate import METRIC_KEYS
+from .errors import UsageError
 from .fileio import write_atomic
+from .metrics import METRIC_KEYS
 
 PLOT_NAME = "training_curves.png"
 TRAIN_LOG, EVAL_LOG = "train_log.jsonl", "eval_log.jsonl"
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Plot training loss and dev scores from a run's logs.")
     parser.add_argument("output_dir", help="run_seq2seq.py's --output_dir (train_log.jsonl, eval_log.jsonl)")
     parser.add_argument("--out", default=None, help=f"PNG to write (default: OUTPUT_DIR/{PLOT_NAME})")
-    parser.add_argument("--log_level", default="INFO")
+    add_log_level_flag(parser.add_argument)
     return parser
 
 

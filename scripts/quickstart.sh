@@ -15,9 +15,9 @@ MODEL="$RUN/model-$STEPS"  # one run per length: a restart with another --num_tr
 
 bash scripts/setup.sh --with-wordnet
 
-"$PYTHON" -m s2s_ft.datasets.wordnet_glosses --output_dir "$RUN/data"
+"$PYTHON" examples/wordnet_glosses.py --output_dir "$RUN/data"
 
-MODEL_DIR="$("$PYTHON" -c 'from s2s_ft.datasets.minilm import minilm_dir; print(minilm_dir())')"
+MODEL_DIR="$("$PYTHON" -c 'from s2s_ft.minilm import minilm_dir; print(minilm_dir())')"
 
 # The recipe for small or head-less checkpoints (README, "Recommended settings"): the fresh MLM head starts as the
 # identity, a high peak learning rate with warmup, token-budget batches, bf16 where the CPU computes it natively.

@@ -1,20 +1,28 @@
-"""Shared tiny-model fixtures and an independent description of the packed layout.
+"""Shared fixtures (tiny models, a tiny BERT checkpoint and training file), helpers for the command-line tests, and
+an independent description of the packed layout.
 
 Nothing here reads the ranks the packer produces: token roles are derived from the pair lengths alone, so the
 tests compare the code against a reference written from the documented layout, not against itself.
+
+Tests that start subprocesses (the scripts, torchrun, crash and kill tests) are marked ``slow``; the suite runs them
+(``pytest -m "not slow"`` leaves them out locally).
 """
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
+import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
-
-import math
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import s2s_ft without installing it
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # import s2s_ft without installing it
 
 from s2s_ft.model import ModelConfig, UnifiedTransformer
 from s2s_ft.packing import Pair, SpecialIds
@@ -22,7 +30,7 @@ from s2s_ft.packing import Pair, SpecialIds
 
 def load_script(folder: str, name: str):
     """A repository script that is not a package module (``benchmarks/roofline.py``, ``experiments/...``)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / folder / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -152,3 +160,64 @@ def write_tiny_bert(directory, words, weights: bool = True, **config_overrides) 
     else:
         config.save_pretrained(directory)
     return str(directory)
+
+
+# -- the tiny BERT checkpoint and training data of the command-line tests ---------------------------------------
+WORDS = ("the a cat dog sat ran on mat big small red blue who what where is was did ? . "
+         "house tree bird fish").split()
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), WORDS)
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    pairs = [("the cat sat on the mat", "who sat on the mat ?"), ("a dog ran", "what ran ?"),
+             ("the big red bird", "what is red ?"), ("a small fish", "what is small ?"),
+             ("the tree is blue", "what is blue ?"), ("a house", "where is the house ?")]
+    with open(path, "w") as handle:
+        for src, tgt in pairs:
+            handle.write(json.dumps({"src": src, "tgt": tgt}) + "\n")
+        handle.write(json.dumps({"src": ["the", "dog"], "tgt": ["who", "?"]}) + "\n")  # pre-tokenised pieces
+    return str(path)
+
+
+def train_args(model_dir, train_file, output_dir, *extra):
+    return ["--model_type", "bert", "--model_name_or_path", model_dir, "--train_file", train_file,
+            "--output_dir", str(output_dir), "--max_source_seq_length", "12", "--max_target_seq_length", "8",
+            "--per_device_train_batch_size", "3", "--learning_rate", "3e-3", "--logging_steps", "1"] + list(extra)
+
+
+def one_error_line(capsys) -> str:
+    """The one ``error: ...`` line a tool printed (and no traceback)."""
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+# -- torchrun --------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(script: str, args, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --nproc_per_node NPROC ROOT/SCRIPT ARGS`` on CPU (gloo), one thread per
+    rank; asserts success."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+               "127.0.0.1", "--master_port", str(free_port()), str(ROOT / script), *args]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def torchrun(args, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``run_seq2seq.py ARGS`` on NPROC CPU ranks."""
+    return launch("run_seq2seq.py", ["--no_cuda", *args], nproc)

@@ -12,26 +12,19 @@ import sys
 
 import pytest
 
-from s2s_ft import evaluate, inference, training
-from test_cli import tiny_bert, train_args, train_file  # noqa: F401  (fixtures)
+from conftest import one_error_line, train_args
+from s2s_ft import decode, evaluate, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOOD = '{"src": "the cat sat", "tgt": "who sat ?"}\n'
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_bert, train_file, tmp_path_factory):  # noqa: F811
+def trained(tiny_bert, train_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
-    assert training.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "2", "--save_steps",
-                                    "2")) == 0
+    assert train.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "2", "--save_steps",
+                                 "2")) == 0
     return str(out / "ckpt-2")
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in err, err
-    return errors[0]
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -51,63 +44,63 @@ TRAIN_DATA_CASES = [
 
 
 @pytest.mark.parametrize("content, expected", [c[1:] for c in TRAIN_DATA_CASES], ids=[c[0] for c in TRAIN_DATA_CASES])
-def test_train_bad_data(tiny_bert, tmp_path, capsys, content, expected):  # noqa: F811
+def test_train_bad_data(tiny_bert, tmp_path, capsys, content, expected):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(content)
-    assert training.main(train_args(tiny_bert, str(bad), tmp_path / "out", "--num_training_steps", "1")) == 2
+    assert train.main(train_args(tiny_bert, str(bad), tmp_path / "out", "--num_training_steps", "1")) == 2
     line = one_error_line(capsys)
     assert str(bad) in line and expected in line, line
 
 
-def test_train_non_utf8(tiny_bert, tmp_path, capsys):  # noqa: F811
+def test_train_non_utf8(tiny_bert, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(GOOD.encode() + b'{"src": "\xff\xfe", "tgt": "b"}\n')
-    assert training.main(train_args(tiny_bert, str(bad), tmp_path / "out", "--num_training_steps", "1")) == 2
+    assert train.main(train_args(tiny_bert, str(bad), tmp_path / "out", "--num_training_steps", "1")) == 2
     assert f"{bad}:2: not valid UTF-8" in one_error_line(capsys)
 
 
-def test_train_missing_file(tiny_bert, tmp_path, capsys):  # noqa: F811
+def test_train_missing_file(tiny_bert, tmp_path, capsys):
     missing = tmp_path / "nope.jsonl"
-    assert training.main(train_args(tiny_bert, str(missing), tmp_path / "out", "--num_training_steps", "1")) == 2
+    assert train.main(train_args(tiny_bert, str(missing), tmp_path / "out", "--num_training_steps", "1")) == 2
     assert f"{missing}: file not found" in one_error_line(capsys)
 
 
-def test_train_skip_bad_lines_counts_and_reports(tiny_bert, tmp_path, caplog):  # noqa: F811
+def test_train_skip_bad_lines_counts_and_reports(tiny_bert, tmp_path, caplog):
     bad = tmp_path / "mixed.jsonl"
     bad.write_bytes(GOOD.encode() + b'{"src": "a" "tgt"}\n' + b'{"src": "\xff"}\n' + b'{"src": "a"}\n'
                     + b'[1]\n' + GOOD.encode())
     with caplog.at_level(logging.WARNING):
-        assert training.main(train_args(tiny_bert, str(bad), tmp_path / "out", "--num_training_steps", "1",
-                                        "--skip_bad_lines")) == 0
+        assert train.main(train_args(tiny_bert, str(bad), tmp_path / "out", "--num_training_steps", "1",
+                                     "--skip_bad_lines")) == 0
     message = next(r.getMessage() for r in caplog.records if "skipped" in r.getMessage())
     assert "skipped 4 bad lines" in message and f"{bad}:2: malformed JSON" in message
     assert f"{bad}:3: not valid UTF-8" in message
 
 
-def test_train_skip_bad_lines_with_nothing_left(tiny_bert, tmp_path, capsys):  # noqa: F811
+def test_train_skip_bad_lines_with_nothing_left(tiny_bert, tmp_path, capsys):
     bad = tmp_path / "allbad.jsonl"
     bad.write_text('{"src": "a"}\n{oops\n')
-    assert training.main(train_args(tiny_bert, str(bad), tmp_path / "out", "--num_training_steps", "1",
-                                    "--skip_bad_lines")) == 2
+    assert train.main(train_args(tiny_bert, str(bad), tmp_path / "out", "--num_training_steps", "1",
+                                 "--skip_bad_lines")) == 2
     assert f"{bad}: no usable examples" in one_error_line(capsys)
 
 
-def test_train_truncation_is_counted(tiny_bert, tmp_path, caplog):  # noqa: F811
+def test_train_truncation_is_counted(tiny_bert, tmp_path, caplog):
     data = tmp_path / "long.jsonl"
     data.write_text(json.dumps({"src": " ".join(["the cat"] * 20), "tgt": " ".join(["a dog"] * 10)}) + "\n" + GOOD)
     with caplog.at_level(logging.WARNING):
-        assert training.main(train_args(tiny_bert, str(data), tmp_path / "out", "--num_training_steps", "1")) == 0
+        assert train.main(train_args(tiny_bert, str(data), tmp_path / "out", "--num_training_steps", "1")) == 0
     assert any("truncated 1 sources to 12 tokens and 1 targets to 8 tokens" in r.getMessage() for r in caplog.records)
 
 
-def test_mass_text_bad_lines(tiny_bert, tmp_path, capsys, caplog):  # noqa: F811
+def test_mass_text_bad_lines(tiny_bert, tmp_path, capsys, caplog):
     mono = tmp_path / "mono.txt"
     mono.write_bytes(b"the cat sat\n\xff\xfe\nthe dog ran\n")
     common = ["--objective", "mass", "--fine_tune", "causal", "--num_training_steps", "1"]
-    assert training.main(train_args(tiny_bert, str(mono), tmp_path / "o1", *common)) == 2
+    assert train.main(train_args(tiny_bert, str(mono), tmp_path / "o1", *common)) == 2
     assert f"{mono}:2: not valid UTF-8" in one_error_line(capsys)
     with caplog.at_level(logging.WARNING):
-        assert training.main(train_args(tiny_bert, str(mono), tmp_path / "o2", *common, "--skip_bad_lines")) == 0
+        assert train.main(train_args(tiny_bert, str(mono), tmp_path / "o2", *common, "--skip_bad_lines")) == 0
     assert any("skipped 1 bad lines" in r.getMessage() for r in caplog.records)
 
 
@@ -128,8 +121,8 @@ TRAIN_FLAG_CASES = [
 
 
 @pytest.mark.parametrize("extra, expected", [c[1:] for c in TRAIN_FLAG_CASES], ids=[c[0] for c in TRAIN_FLAG_CASES])
-def test_train_contradictory_flags(tiny_bert, train_file, tmp_path, capsys, extra, expected):  # noqa: F811
-    code = training.main(train_args(tiny_bert, train_file, tmp_path / "out", "--num_training_steps", "1", *extra))
+def test_train_contradictory_flags(tiny_bert, train_file, tmp_path, capsys, extra, expected):
+    code = train.main(train_args(tiny_bert, train_file, tmp_path / "out", "--num_training_steps", "1", *extra))
     line = one_error_line(capsys)
     assert code == 2 and expected in line, line
 
@@ -150,11 +143,11 @@ def broken_copy(source: str, target, drop=(), corrupt=(), settings=None) -> str:
     return str(target)
 
 
-def test_train_checkpoint_dirs(tiny_bert, train_file, tmp_path, capsys):  # noqa: F811
+def test_train_checkpoint_dirs(tiny_bert, train_file, tmp_path, capsys):
     def run(model_dir, *extra, model_type="bert"):
         args = train_args(model_dir, train_file, tmp_path / "out", "--num_training_steps", "1", *extra)
         args[args.index("--model_type") + 1] = model_type
-        code = training.main(args)
+        code = train.main(args)
         return code, one_error_line(capsys)
 
     code, line = run(str(tmp_path / "missing"))
@@ -171,33 +164,33 @@ def test_train_checkpoint_dirs(tiny_bert, train_file, tmp_path, capsys):  # noqa
     assert code == 2 and "tokenizer directory not found" in line
 
 
-def test_train_output_dir_is_a_file(tiny_bert, train_file, tmp_path, capsys):  # noqa: F811
+def test_train_output_dir_is_a_file(tiny_bert, train_file, tmp_path, capsys):
     (tmp_path / "out").write_text("x")
-    assert training.main(train_args(tiny_bert, train_file, tmp_path / "out", "--num_training_steps", "1")) == 2
+    assert train.main(train_args(tiny_bert, train_file, tmp_path / "out", "--num_training_steps", "1")) == 2
     assert str(tmp_path / "out") in one_error_line(capsys)
 
 
-def test_train_resume_from_corrupted_state(tiny_bert, train_file, tmp_path, capsys):  # noqa: F811
+def test_train_resume_from_corrupted_state(tiny_bert, train_file, tmp_path, capsys):
     out = tmp_path / "out"
     base = train_args(tiny_bert, train_file, out, "--num_training_steps", "2", "--save_steps", "1")
-    assert training.main(base) == 0
+    assert train.main(base) == 0
     (out / "ckpt-2" / "training_state.pt").write_bytes(b"\x00" * 10)
-    assert training.main(base[:-4] + ["--num_training_steps", "3", "--save_steps", "1"]) == 2
+    assert train.main(base[:-4] + ["--num_training_steps", "3", "--save_steps", "1"]) == 2
     line = one_error_line(capsys)
     assert f"{out / 'ckpt-2'}: cannot resume from it" in line and "move it out" in line
 
 
 # ---------------------------------------------------------------------------------------------------- decoding
-def decode(trained, input_file, output_file, *extra):
-    return inference.main(["--model_path", trained, "--input_file", str(input_file), "--output_file",
-                           str(output_file), "--max_tgt_length", "4", *extra])
+def run_decode(trained, input_file, output_file, *extra):
+    return decode.main(["--model_path", trained, "--input_file", str(input_file), "--output_file",
+                        str(output_file), "--max_tgt_length", "4", *extra])
 
 
 DECODE_DATA_CASES = [
     ("malformed-json", '{"src": "a"}\n{"src": \n', ":2: malformed JSON"),
     ("missing-src", '{"src": "a"}\n{"text": "a"}\n', ':2: missing "src"'),
     ("src-number", '{"src": 7}\n', ':1: "src" must be a non-empty string'),
-    ("empty-src", '{"src": ""}\n', ':1: "src" must be a non-empty string'),
+    ("empty-src", '{"src": ""}\n', ':1: "src" is empty'),  # the same message as training's
     ("tokenises-to-nothing", '{"src": "a"}\n{"src": "\\u0000"}\n', ':2: "src" tokenises to nothing'),
     ("not-an-object", '"a"\n', ":1: expected a JSON object, got str"),
     ("empty-file", "", 'empty file (expected JSON lines with a "src" field)'),  # decoding needs no "tgt"
@@ -209,7 +202,7 @@ DECODE_DATA_CASES = [
 def test_decode_bad_data(trained, tmp_path, capsys, content, expected):
     bad = tmp_path / "in.jsonl"
     bad.write_text(content)
-    assert decode(trained, bad, tmp_path / "out.txt") == 2
+    assert run_decode(trained, bad, tmp_path / "out.txt") == 2
     line = one_error_line(capsys)
     assert str(bad) in line and expected in line, line
     assert not (tmp_path / "out.txt").exists()
@@ -218,9 +211,9 @@ def test_decode_bad_data(trained, tmp_path, capsys, content, expected):
 def test_decode_non_utf8_and_missing_input(trained, tmp_path, capsys):
     bad = tmp_path / "in.jsonl"
     bad.write_bytes(b'{"src": "a"}\n{"src": "\xff"}\n')
-    assert decode(trained, bad, tmp_path / "out.txt") == 2
+    assert run_decode(trained, bad, tmp_path / "out.txt") == 2
     assert f"{bad}:2: not valid UTF-8" in one_error_line(capsys)
-    assert decode(trained, tmp_path / "nope.jsonl", tmp_path / "out.txt") == 2
+    assert run_decode(trained, tmp_path / "nope.jsonl", tmp_path / "out.txt") == 2
     assert "nope.jsonl: file not found" in one_error_line(capsys)
 
 
@@ -232,8 +225,8 @@ def test_decode_skip_bad_lines_keeps_output_aligned(trained, tmp_path, caplog):
     clean = tmp_path / "clean.jsonl"
     clean.write_text("".join(json.dumps({"src": s}) + "\n" for s in good))
     with caplog.at_level(logging.WARNING):
-        assert decode(trained, mixed, tmp_path / "mixed.txt", "--skip_bad_lines") == 0
-    assert decode(trained, clean, tmp_path / "clean.txt") == 0
+        assert run_decode(trained, mixed, tmp_path / "mixed.txt", "--skip_bad_lines") == 0
+    assert run_decode(trained, clean, tmp_path / "clean.txt") == 0
     lines = (tmp_path / "mixed.txt").read_text().split("\n")[:-1]
     expected = (tmp_path / "clean.txt").read_text().split("\n")[:-1]
     assert len(lines) == 7
@@ -265,12 +258,12 @@ def test_decode_contradictory_flags(trained, tmp_path, capsys, extra, expected):
     source.write_text('{"src": "the cat"}\n')
     if "cuda" in extra and __import__("torch").cuda.is_available():
         pytest.skip("a GPU is present")
-    assert decode(trained, source, tmp_path / "out.txt", *extra) == 2
+    assert run_decode(trained, source, tmp_path / "out.txt", *extra) == 2
     line = one_error_line(capsys)
     assert expected in line, line
 
 
-def test_decode_checkpoint_and_output_paths(trained, tiny_bert, tmp_path, capsys):  # noqa: F811
+def test_decode_checkpoint_and_output_paths(trained, tiny_bert, tmp_path, capsys):
     source = tmp_path / "in.jsonl"
     source.write_text('{"src": "the cat"}\n')
     out = tmp_path / "out.txt"
@@ -286,8 +279,8 @@ def test_decode_checkpoint_and_output_paths(trained, tiny_bert, tmp_path, capsys
         (trained, source, "refusing to overwrite the input"),
     ]
     for model_path, output, expected in cases:
-        assert inference.main(["--model_path", model_path, "--input_file", str(source), "--output_file",
-                               str(output)]) == 2, model_path
+        assert decode.main(["--model_path", model_path, "--input_file", str(source), "--output_file",
+                            str(output)]) == 2, model_path
         line = one_error_line(capsys)
         assert expected in line, (model_path, line)
 
@@ -312,7 +305,8 @@ def test_evaluate_bad_inputs(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------- real scripts
-def test_real_scripts_print_no_traceback(tiny_bert, trained, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_real_scripts_print_no_traceback(tiny_bert, trained, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(GOOD + '{"src": "a" "tgt"}\n')
     good = tmp_path / "good.jsonl"

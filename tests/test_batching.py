@@ -8,11 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import PAIRS, SPECIAL
-from s2s_ft import training
+from conftest import PAIRS, SPECIAL, train_args
+from s2s_ft import train
 from s2s_ft.batching import TokenBudgetSampler, epoch_batches, packed_length, padding_ratio, random_batches
 from s2s_ft.packing import METHODS, Packer, Pair
-from test_cli import tiny_bert, train_args, train_file  # noqa: F401  (fixtures)
 
 
 def skewed_lengths(n=3000, seed=0):
@@ -62,16 +61,16 @@ def test_padding_lower_than_random_batching():
     assert padding_ratio(bucketed, lengths) < 0.1 < 0.5 < padding_ratio(random, lengths)
 
 
-def test_cli_token_budget_logs_padding_and_resumes_exactly(tiny_bert, train_file, tmp_path):  # noqa: F811
+def test_cli_token_budget_logs_padding_and_resumes_exactly(tiny_bert, train_file, tmp_path):
     out = tmp_path / "run"
     base = train_args(tiny_bert, train_file, out, "--num_training_steps", "6", "--save_steps", "3",
                       "--max_tokens_per_batch", "60", "--gradient_accumulation_steps", "2")
-    assert training.main(base) == 0
+    assert train.main(base) == 0
     log = [json.loads(line) for line in open(out / "train_log.jsonl")]
     assert all(0 <= r["padding"] < 1 for r in log) and log[-1]["epoch"] >= 1
     straight = load_file(str(out / "ckpt-6" / "model.safetensors"))
     os.rename(out / "ckpt-6", tmp_path / "ckpt-6-straight")
-    assert training.main(base) == 0  # resumes from ckpt-3
+    assert train.main(base) == 0  # resumes from ckpt-3
     resumed = load_file(str(out / "ckpt-6" / "model.safetensors"))
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import json
 
-from s2s_ft import training
-from test_cli import tiny_bert, train_args, train_file  # noqa: F401  (fixtures)
+from conftest import train_args
+from s2s_ft import train
 
 RELATIVE_TOLERANCE = 0.005
 
 
-def losses(tiny_bert, train_file, out, precision):  # noqa: F811
-    assert training.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "8", "--save_steps", "8",
-                                    "--precision", precision)) == 0
+def losses(tiny_bert, train_file, out, precision):
+    assert train.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "8", "--save_steps", "8",
+                                 "--precision", precision)) == 0
     return [json.loads(line)["loss"] for line in open(out / "train_log.jsonl")]
 
 
-def test_bf16_loss_tracks_fp32(tiny_bert, train_file, tmp_path):  # noqa: F811
+def test_bf16_loss_tracks_fp32(tiny_bert, train_file, tmp_path):
     fp32, bf16 = losses(tiny_bert, train_file, tmp_path / "fp32", "fp32"), losses(tiny_bert, train_file,
                                                                                   tmp_path / "bf16", "bf16")
     assert len(fp32) == len(bf16) == 8

@@ -10,51 +10,51 @@ import pytest
 
 import mass_objective.data
 import s2s_ft.data
-from s2s_ft import training
+from conftest import train_args
+from s2s_ft import train
 from s2s_ft.cache import cache_key, key_hash
-from test_cli import tiny_bert, train_args, train_file  # noqa: F401  (fixtures)
 
 
 def refuse_to_tokenize(*args, **kwargs):
     raise AssertionError("tokenised although a cache exists")
 
 
-def test_second_run_reads_the_cache(tiny_bert, train_file, tmp_path, monkeypatch):  # noqa: F811
-    assert training.main(train_args(tiny_bert, train_file, tmp_path / "a", "--num_training_steps", "1")) == 0
+def test_second_run_reads_the_cache(tiny_bert, train_file, tmp_path, monkeypatch):
+    assert train.main(train_args(tiny_bert, train_file, tmp_path / "a", "--num_training_steps", "1")) == 0
     [cached] = glob.glob(str(tmp_path / "a" / "cache" / "features-*.pt"))  # default: <output_dir>/cache
     monkeypatch.setattr(s2s_ft.data, "tokenize_sides", refuse_to_tokenize)
-    assert training.main(train_args(tiny_bert, train_file, tmp_path / "b", "--num_training_steps", "1",
-                                    "--cache_dir", str(tmp_path / "a" / "cache"))) == 0
+    assert train.main(train_args(tiny_bert, train_file, tmp_path / "b", "--num_training_steps", "1",
+                                 "--cache_dir", str(tmp_path / "a" / "cache"))) == 0
     with pytest.raises(AssertionError, match="tokenised although"):  # another key: it must tokenise
-        training.main(train_args(tiny_bert, train_file, tmp_path / "c", "--num_training_steps", "1",
-                                 "--cache_dir", str(tmp_path / "a" / "cache"), "--max_target_seq_length", "7"))
+        train.main(train_args(tiny_bert, train_file, tmp_path / "c", "--num_training_steps", "1",
+                              "--cache_dir", str(tmp_path / "a" / "cache"), "--max_target_seq_length", "7"))
 
 
-def test_mass_sentences_are_cached(tiny_bert, tmp_path, monkeypatch):  # noqa: F811
+def test_mass_sentences_are_cached(tiny_bert, tmp_path, monkeypatch):
     mono = tmp_path / "mono.txt"
     mono.write_text("the cat sat on the mat\na dog ran\nthe big red bird\n")
     args = ["--objective", "mass", "--fine_tune", "causal", "--max_source_seq_length", "12",
             "--max_target_seq_length", "8", "--num_training_steps", "1", "--cache_dir", str(tmp_path / "cache")]
     base = ["--model_type", "bert", "--model_name_or_path", tiny_bert, "--train_file", str(mono)]
-    assert training.main(base + ["--output_dir", str(tmp_path / "a")] + args) == 0
+    assert train.main(base + ["--output_dir", str(tmp_path / "a")] + args) == 0
     monkeypatch.setattr(mass_objective.data, "tokenize_sides", refuse_to_tokenize)
-    assert training.main(base + ["--output_dir", str(tmp_path / "b")] + args) == 0
+    assert train.main(base + ["--output_dir", str(tmp_path / "b")] + args) == 0
 
 
-def test_corrupt_cache_is_ignored_and_rebuilt(tiny_bert, train_file, tmp_path, caplog):  # noqa: F811
+def test_corrupt_cache_is_ignored_and_rebuilt(tiny_bert, train_file, tmp_path, caplog):
     args = train_args(tiny_bert, train_file, tmp_path / "a", "--num_training_steps", "1")
-    assert training.main(args) == 0
+    assert train.main(args) == 0
     [cached] = glob.glob(str(tmp_path / "a" / "cache" / "features-*.pt"))
     with open(cached, "r+b") as handle:
         handle.truncate(100)
     with caplog.at_level(logging.WARNING, logger="s2s_ft"):
-        assert training.main(train_args(tiny_bert, train_file, tmp_path / "b", "--num_training_steps", "1",
-                                        "--cache_dir", str(tmp_path / "a" / "cache"))) == 0
+        assert train.main(train_args(tiny_bert, train_file, tmp_path / "b", "--num_training_steps", "1",
+                                     "--cache_dir", str(tmp_path / "a" / "cache"))) == 0
     assert "ignoring tokenised-feature cache" in caplog.text
     assert os.path.getsize(cached) > 100  # rewritten
 
 
-def test_key_changes_with_data_lengths_and_tokenizer(tiny_bert, tmp_path):  # noqa: F811
+def test_key_changes_with_data_lengths_and_tokenizer(tiny_bert, tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text('{"src": "a", "tgt": "b"}\n')
     settings = dict(objective="seq2seq", max_source_seq_length=12, max_target_seq_length=8, skip_bad_lines=False)

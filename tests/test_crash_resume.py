@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from test_cli import tiny_bert, train_args, train_file  # noqa: F401  (fixtures)
+from conftest import train_args
+
+pytestmark = pytest.mark.slow  # subprocesses, killed and restarted
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, SAVE_STEPS = 8, 2
@@ -78,7 +80,7 @@ def final_weights(out) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_bert, train_file, tmp_path_factory):  # noqa: F811
+def reference(tiny_bert, train_file, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("straight"))
     run_to_end(command(tiny_bert, train_file, out))
     return final_weights(out), logged_steps(out)
@@ -93,7 +95,7 @@ def check_same_as_reference(out, reference):
     assert [n for n in names if n.startswith("ckpt-")] == [f"ckpt-{STEPS - SAVE_STEPS}", f"ckpt-{STEPS}"]
 
 
-def test_killed_after_a_step_and_again_mid_save(tiny_bert, train_file, tmp_path, reference):  # noqa: F811
+def test_killed_after_a_step_and_again_mid_save(tiny_bert, train_file, tmp_path, reference):
     out = str(tmp_path / "run")
     cmd = command(tiny_bert, train_file, out)
     # 1: killed right after step 3 is logged (ckpt-2 exists; step 3 is lost and redone)
@@ -107,7 +109,7 @@ def test_killed_after_a_step_and_again_mid_save(tiny_bert, train_file, tmp_path,
     check_same_as_reference(out, reference)
 
 
-def test_killed_during_the_first_save(tiny_bert, train_file, tmp_path, reference):  # noqa: F811
+def test_killed_during_the_first_save(tiny_bert, train_file, tmp_path, reference):
     out = str(tmp_path / "run")
     cmd = command(tiny_bert, train_file, out)
     run_and_kill(cmd, tmp_ckpt(out, 2), S2S_FT_TEST_SAVE_DELAY="60@2")  # no complete checkpoint at all

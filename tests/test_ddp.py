@@ -3,22 +3,17 @@ resumed from an earlier checkpoint ends where the uninterrupted one did (s2s_ft/
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import write_tiny_bert
-from s2s_ft import training
-from test_cli import WORDS, train_args, train_file  # noqa: F401  (train_file is a fixture)
+from conftest import WORDS, torchrun, train_args, write_tiny_bert
+from s2s_ft import rundir, train
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # torchrun subprocesses
 
 
 @pytest.fixture(scope="module")
@@ -26,28 +21,6 @@ def tiny_bert_no_dropout(tmp_path_factory):
     # dropout draws differ between ranks and a single process; without dropout the runs must agree
     return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert-nodrop"), WORDS, hidden_dropout_prob=0.0,
                            attention_probs_dropout_prob=0.0)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch(script: str, args, nproc: int = 2) -> subprocess.CompletedProcess:
-    """``python -m torch.distributed.run --nproc_per_node NPROC ROOT/SCRIPT ARGS`` on CPU (gloo), one thread per
-    rank; asserts success."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-               "127.0.0.1", "--master_port", str(free_port()), str(ROOT / script), *args]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
-
-
-def torchrun(args, nproc: int = 2) -> subprocess.CompletedProcess:
-    return launch("run_seq2seq.py", ["--no_cuda", *args], nproc)
 
 
 def weights(ckpt):
@@ -59,12 +32,12 @@ def max_diff(a, b) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def test_two_ranks_match_one_process_and_resume(tiny_bert_no_dropout, train_file, tmp_path):  # noqa: F811
+def test_two_ranks_match_one_process_and_resume(tiny_bert_no_dropout, train_file, tmp_path):
     common = ["--num_training_steps", "3", "--save_steps", "2", "--fine_tune", "pseudo_masked"]
     single = tmp_path / "single"
     args = train_args(tiny_bert_no_dropout, train_file, single, *common)
     args[args.index("--per_device_train_batch_size") + 1] = "4"
-    assert training.main(args) == 0
+    assert train.main(args) == 0
 
     ddp = tmp_path / "ddp"
     args = train_args(tiny_bert_no_dropout, train_file, ddp, *common)
@@ -78,7 +51,7 @@ def test_two_ranks_match_one_process_and_resume(tiny_bert_no_dropout, train_file
     assert [r["step"] for r in log_ddp] == [1, 2, 3]
     for a, b in zip(log_single, log_ddp):
         assert abs(a["loss"] - b["loss"]) < 1e-5 and a["padding"] == b["padding"], (a, b)
-    state = torch.load(ddp / "ckpt-3" / training.TRAINING_STATE, weights_only=False)
+    state = torch.load(ddp / "ckpt-3" / rundir.TRAINING_STATE, weights_only=False)
     assert sorted(state["rng"]["per_rank"]) == [0, 1]
 
     # resume under 2 ranks after losing the last checkpoint

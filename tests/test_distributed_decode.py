@@ -9,10 +9,9 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from conftest import write_tiny_bert
-from s2s_ft import checkpoint, inference
+from conftest import launch, write_tiny_bert
+from s2s_ft import checkpoint, decode, inference
 from s2s_ft.data import load_tokenizer, special_ids
-from test_ddp import launch
 
 WORDS = "the a cat dog sat ran on mat big small red blue who what where is was house tree bird fish".split()
 
@@ -56,6 +55,7 @@ def decode_args(checkpoint_dir, input_file, output, *extra):
             "--batch_size", "2", "--skip_bad_lines", "--device", "cpu", *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("search", [
     ["--beam_size", "1"],
     ["--beam_size", "3", "--nbest", "3", "--output_format", "jsonl", "--length_penalty", "0.6",
@@ -64,7 +64,7 @@ def decode_args(checkpoint_dir, input_file, output, *extra):
 def test_two_ranks_write_the_single_process_file(random_checkpoint, input_file, tmp_path, single_thread, search):
     single, ddp = tmp_path / "single" / "out", tmp_path / "ddp" / "out"
     single.parent.mkdir(), ddp.parent.mkdir()
-    assert inference.main(decode_args(random_checkpoint, input_file, single, *search)) == 0
+    assert decode.main(decode_args(random_checkpoint, input_file, single, *search)) == 0
     done = launch("decode_seq2seq.py", decode_args(random_checkpoint, input_file, ddp, *search))
     expected = single.read_bytes()
     assert len(expected.splitlines()) == len(SOURCES) + 1
@@ -73,11 +73,12 @@ def test_two_ranks_write_the_single_process_file(random_checkpoint, input_file, 
     assert done.stderr.count("wrote 10 lines") == 1  # rank 0 alone logs
 
 
+@pytest.mark.slow
 def test_two_ranks_finish_a_single_process_resume(random_checkpoint, input_file, tmp_path, single_thread,
                                                    monkeypatch):
     search = ["--beam_size", "2", "--resume", "--resume_chunk", "4"]
     straight, out = tmp_path / "straight", tmp_path / "out"
-    assert inference.main(decode_args(random_checkpoint, input_file, straight, *search)) == 0
+    assert decode.main(decode_args(random_checkpoint, input_file, straight, *search)) == 0
 
     real, calls = inference.LoadedDecoder.decode_ids, []
 
@@ -88,7 +89,7 @@ def test_two_ranks_finish_a_single_process_resume(random_checkpoint, input_file,
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(inference.LoadedDecoder, "decode_ids", die_after_one_chunk)
-    assert inference.main(decode_args(random_checkpoint, input_file, out, *search)) == 130
+    assert decode.main(decode_args(random_checkpoint, input_file, out, *search)) == 130
     assert json.loads((tmp_path / "out.partial.json").read_text())["lines_done"] == 4
 
     launch("decode_seq2seq.py", decode_args(random_checkpoint, input_file, out, *search))
@@ -99,6 +100,6 @@ def test_two_ranks_finish_a_single_process_resume(random_checkpoint, input_file,
 def test_positions_beyond_the_table_are_a_usage_error(random_checkpoint, input_file, tmp_path, capsys):
     """Checked by the decoder up front (the model itself checks positions only on CPU, where it costs no sync)."""
     out = tmp_path / "out"
-    assert inference.main(decode_args(random_checkpoint, input_file, out, "--max_tgt_length", "60")) == 2
+    assert decode.main(decode_args(random_checkpoint, input_file, out, "--max_tgt_length", "60")) == 2
     err = capsys.readouterr().err
     assert "plus 60 target tokens needs 77 positions; the checkpoint has 64" in err and not out.exists(), err

@@ -1,4 +1,5 @@
-"""s2s_ft.evaluate: metric wrappers against hand-computed values, file reading, the CLI, WordNet for nltk.
+"""s2s_ft.metrics and s2s_ft.evaluate: metric wrappers against hand-computed values, file reading, the CLI,
+WordNet for nltk (s2s_ft.wordnet).
 
 Nothing here needs the network or ../shared/data. METEOR runs on a tiny fake WordNet built here (so the lexnames
 writer and the nltk reader are exercised everywhere); the checks against Debian's real WordNet 3.0 skip cleanly
@@ -20,10 +21,11 @@ pytest.importorskip("sacrebleu")
 pytest.importorskip("nltk")
 
 from s2s_ft import evaluate
-from s2s_ft.evaluate import LEXNAMES, ensure_wordnet, score
+from s2s_ft.metrics import score
+from s2s_ft.wordnet import DEFAULT_WORDNET_DIR, LEXNAMES, ensure_wordnet, has_wordnet
 
-REAL_WORDNET = "/usr/share/wordnet"
-needs_real_wordnet = pytest.mark.skipif(not os.path.isfile(os.path.join(REAL_WORDNET, "data.noun")),
+REAL_WORDNET = DEFAULT_WORDNET_DIR  # where Debian's wordnet-base installs it, as the library looks for it
+needs_real_wordnet = pytest.mark.skipif(not has_wordnet(REAL_WORDNET),
                                         reason="Debian wordnet-base not installed (apt-get install wordnet-base)")
 
 

@@ -12,7 +12,6 @@ from s2s_ft.model import TransformerLayer
 from s2s_ft.packing import Packer
 
 from conftest import PAIRS, SPECIAL, make_model
-from test_cli import tiny_bert, train_file  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -66,15 +65,16 @@ def test_checkpointing_is_off_in_eval_mode(layer_calls):
 # -- the training flags --------------------------------------------------------------------------------------------
 def _trained_weights(tiny_bert, train_file, out, *flags):
     from safetensors.torch import load_file
-    from s2s_ft import training
-    from test_cli import train_args
 
-    assert training.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "3", "--save_steps", "3",
-                                    *flags)) == 0
+    from conftest import train_args
+    from s2s_ft import train
+
+    assert train.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "3", "--save_steps", "3",
+                                 *flags)) == 0
     return load_file(str(out / "ckpt-3" / "model.safetensors"))
 
 
-def test_gradient_checkpointing_flag_trains_the_same_weights(tiny_bert, train_file, tmp_path):  # noqa: F811
+def test_gradient_checkpointing_flag_trains_the_same_weights(tiny_bert, train_file, tmp_path):
     plain = _trained_weights(tiny_bert, train_file, tmp_path / "plain")
     recomputed = _trained_weights(tiny_bert, train_file, tmp_path / "ckpt", "--gradient_checkpointing")
     assert plain.keys() == recomputed.keys()
@@ -82,11 +82,11 @@ def test_gradient_checkpointing_flag_trains_the_same_weights(tiny_bert, train_fi
         torch.testing.assert_close(recomputed[key], plain[key], rtol=0, atol=1e-6, msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("S2S_FT_SLOW_TESTS"),
                     reason="torch.compile takes minutes on a small CPU; set S2S_FT_SLOW_TESTS=1 to run it")
-def test_torch_compile_flag_trains_the_same_weights(train_file, tmp_path):  # noqa: F811
-    from conftest import write_tiny_bert
-    from test_cli import WORDS
+def test_torch_compile_flag_trains_the_same_weights(train_file, tmp_path):
+    from conftest import WORDS, write_tiny_bert
 
     # compiled dropout draws from inductor's own RNG stream, so only a dropout-free model can match eagerly
     (tmp_path / "nodrop").mkdir()

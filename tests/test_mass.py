@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from mass_objective import (MassConfig, fragment_length, mass_pair, mass_pairs, parse_mask_keep_rand,
                             read_sentences, split_chunks)
 from conftest import write_tiny_bert
-from s2s_ft import checkpoint, training
+from s2s_ft import checkpoint, train
 from s2s_ft.data import DataError
 from s2s_ft.model import attention_allowed
 from s2s_ft.packing import IGNORE_INDEX, Packer
@@ -262,7 +262,8 @@ def test_read_text_and_jsonl(tmp_path):
 
 @pytest.mark.parametrize("name, content, expected", [
     ("m.jsonl", '{"text": "a"}\n{"txt": "b"}\n', ':2: missing "text"'),
-    ("m.jsonl", '{"text": "a"}\n{"text": ""}\n', ':2: "text" must be a non-empty string'),
+    ("m.jsonl", '{"text": "a"}\n{"text": ""}\n', ':2: "text" is empty'),
+    ("m.jsonl", '{"text": "a"}\n{"text": 3}\n', ':2: "text" must be a non-empty string'),
     ("m.jsonl", '{"text": "a"}\n{"text" "b"}\n', ":2: malformed JSON"),
     ("m.jsonl", "\n", 'empty file (expected JSON lines with a "text" field)'),
     ("m.txt", "\n \n", "empty file (expected one sentence a line)"),
@@ -316,7 +317,7 @@ def test_mass_pretraining_resumes_exactly_and_fine_tunes(tiny_config_dir, mono_f
     out = tmp_path / "mass"
     base = mass_args(tiny_config_dir, mono_file, out, "--fine_tune", "causal", "--num_training_steps", "4",
                      "--save_steps", "2")
-    assert training.main(base) == 0
+    assert train.main(base) == 0
     ckpt = out / "ckpt-4"
     settings = json.load(open(ckpt / "s2s_ft_settings.json"))
     assert settings["objective"] == "mass" and settings["fine_tune"] == "causal"
@@ -328,7 +329,7 @@ def test_mass_pretraining_resumes_exactly_and_fine_tunes(tiny_config_dir, mono_f
     # resume from ckpt-2 after losing ckpt-4: bit-identical weights (spans are drawn from (seed, counter))
     straight = load_file(str(ckpt / "model.safetensors"))
     os.rename(ckpt, tmp_path / "ckpt-4-straight")
-    assert training.main(base) == 0
+    assert train.main(base) == 0
     resumed = load_file(str(ckpt / "model.safetensors"))
     assert straight.keys() == resumed.keys()
     for key in straight:
@@ -341,25 +342,25 @@ def test_mass_pretraining_resumes_exactly_and_fine_tunes(tiny_config_dir, mono_f
     capsys.readouterr()
     wrong = base[:base.index("--objective")] + base[base.index("--objective") + 2:]
     wrong[wrong.index("--train_file") + 1] = str(pairs)
-    assert training.main(wrong + ["--num_training_steps", "6"]) == 2
+    assert train.main(wrong + ["--num_training_steps", "6"]) == 2
     assert "--objective mass" in capsys.readouterr().err
 
     # the MASS checkpoint is an ordinary HF directory: every weight loads, then seq2seq fine-tuning runs from it
     _, info = checkpoint.load_pretrained("bert", str(ckpt))
     assert info["fresh"] == [] and not info["fresh_head"]
     tuned = tmp_path / "tuned"
-    assert training.main(["--model_type", "bert", "--model_name_or_path", str(ckpt), "--train_file", str(pairs),
-                          "--output_dir", str(tuned), "--max_source_seq_length", "12", "--max_target_seq_length",
-                          "8", "--per_device_train_batch_size", "2", "--num_training_steps", "2",
-                          "--logging_steps", "1"]) == 0
+    assert train.main(["--model_type", "bert", "--model_name_or_path", str(ckpt), "--train_file", str(pairs),
+                       "--output_dir", str(tuned), "--max_source_seq_length", "12", "--max_target_seq_length",
+                       "8", "--per_device_train_batch_size", "2", "--num_training_steps", "2",
+                       "--logging_steps", "1"]) == 0
     settings = json.load(open(tuned / "ckpt-2" / "s2s_ft_settings.json"))
     assert settings["objective"] == "seq2seq" and "mass" not in settings
 
 
 def test_mass_pseudo_masked_loss_falls(tiny_config_dir, mono_file, tmp_path):
     out = tmp_path / "pm"
-    assert training.main(mass_args(tiny_config_dir, mono_file, out, "--num_training_steps", "30",
-                                   "--save_steps", "30", "--label_smoothing", "0")) == 0
+    assert train.main(mass_args(tiny_config_dir, mono_file, out, "--num_training_steps", "30",
+                                "--save_steps", "30", "--label_smoothing", "0")) == 0
     log = [json.loads(line) for line in open(out / "train_log.jsonl")]
     first, last = sum(r["loss"] for r in log[:5]) / 5, sum(r["loss"] for r in log[-5:]) / 5
     assert last < first, (first, last)
@@ -369,8 +370,8 @@ def test_full_target_pretraining_runs_and_counts_only_fragment_tokens(tiny_confi
     runs = {}
     for name, extra in (("short", []), ("full", ["--mass_full_target"])):
         out = tmp_path / name
-        assert training.main(mass_args(tiny_config_dir, mono_file, out, "--fine_tune", "causal",
-                                       "--num_training_steps", "3", "--save_steps", "3", *extra)) == 0
+        assert train.main(mass_args(tiny_config_dir, mono_file, out, "--fine_tune", "causal",
+                                    "--num_training_steps", "3", "--save_steps", "3", *extra)) == 0
         runs[name] = [json.loads(line) for line in open(out / "train_log.jsonl")]
         assert json.load(open(out / "ckpt-3" / "s2s_ft_settings.json"))["mass"]["full_target"] == (name == "full")
     for short, full in zip(runs["short"], runs["full"]):
@@ -379,5 +380,5 @@ def test_full_target_pretraining_runs_and_counts_only_fragment_tokens(tiny_confi
 
 
 def test_bad_mass_flags_are_one_line_errors(tiny_config_dir, mono_file, tmp_path, capsys):
-    code = training.main(mass_args(tiny_config_dir, mono_file, tmp_path / "x", "--mass_mask_keep_rand", "0.8,0.1"))
+    code = train.main(mass_args(tiny_config_dir, mono_file, tmp_path / "x", "--mass_mask_keep_rand", "0.8,0.1"))
     assert code == 2 and "mask,keep,rand" in capsys.readouterr().err

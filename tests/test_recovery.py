@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from s2s_ft import inference, training
-from test_cli import tiny_bert, train_args, train_file  # noqa: F401  (fixtures)
+from conftest import train_args
+from s2s_ft import decode, inference, rundir, train, training
 
 
 def nan_loss_on(monkeypatch, bad_calls):
@@ -33,11 +33,11 @@ def same_weights(a, b) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_isolated_nan_steps_are_skipped(tiny_bert, train_file, tmp_path, monkeypatch, caplog):  # noqa: F811
+def test_isolated_nan_steps_are_skipped(tiny_bert, train_file, tmp_path, monkeypatch, caplog):
     nan_loss_on(monkeypatch, lambda n: n in (3, 4))
     out = tmp_path / "run"
-    assert training.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "6", "--save_steps", "1",
-                                    "--max_bad_steps", "3")) == 0
+    assert train.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "6", "--save_steps", "1",
+                                 "--max_bad_steps", "3")) == 0
     log = {r["step"]: r for r in map(json.loads, open(out / "train_log.jsonl"))}
     assert sorted(log) == [1, 2, 3, 4, 5, 6]
     assert log[3]["loss"] is None and log[3]["skipped_steps"] == 1 and "skipped_steps" not in log[5]
@@ -48,11 +48,11 @@ def test_isolated_nan_steps_are_skipped(tiny_bert, train_file, tmp_path, monkeyp
 
 
 def test_too_many_nan_steps_stop_and_keep_the_last_good_checkpoint(tiny_bert, train_file, tmp_path, monkeypatch,
-                                                                   capsys):  # noqa: F811
+                                                                   capsys):
     nan_loss_on(monkeypatch, lambda n: n >= 3)
     out = tmp_path / "run"
-    code = training.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "10", "--save_steps", "2",
-                                    "--max_bad_steps", "3"))
+    code = train.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "10", "--save_steps", "2",
+                                 "--max_bad_steps", "3"))
     err = capsys.readouterr().err
     assert code == 3 and "Traceback" not in err
     assert "error: 3 consecutive steps (up to step 5) had a non-finite loss or gradient; stopped without " \
@@ -66,7 +66,7 @@ def test_too_many_nan_steps_stop_and_keep_the_last_good_checkpoint(tiny_bert, tr
     ("1", "step 1: parameter"),  # the save at step 1 refuses a model with a NaN weight
 ])
 def test_nan_weight_is_never_saved(tiny_bert, train_file, tmp_path, monkeypatch, capsys, save_steps,
-                                   expected):  # noqa: F811
+                                   expected):
     real = training.checkpoint.load_pretrained
 
     def poisoned(*args, **kwargs):
@@ -77,14 +77,14 @@ def test_nan_weight_is_never_saved(tiny_bert, train_file, tmp_path, monkeypatch,
 
     monkeypatch.setattr(training.checkpoint, "load_pretrained", poisoned)
     out = tmp_path / "run"
-    code = training.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "4", "--save_steps",
-                                    save_steps, "--max_bad_steps", "2"))
+    code = train.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "4", "--save_steps",
+                                 save_steps, "--max_bad_steps", "2"))
     err = capsys.readouterr().err
     assert code == 3 and expected in err and "Last good checkpoint: none" in err, err
     assert not [n for n in os.listdir(out) if n.startswith("ckpt-")]
 
 
-def test_save_total_limit_and_stale_temporaries(tiny_bert, train_file, tmp_path):  # noqa: F811
+def test_save_total_limit_and_stale_temporaries(tiny_bert, train_file, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "ckpt-1.tmp").mkdir()  # left by a killed save
@@ -92,18 +92,18 @@ def test_save_total_limit_and_stale_temporaries(tiny_bert, train_file, tmp_path)
     (out / "ckpt-99").mkdir()  # incomplete (no training_state.pt): never resumed from, never counted
     args = train_args(tiny_bert, train_file, out, "--num_training_steps", "5", "--save_steps", "1",
                       "--save_total_limit", "2")
-    assert training.main(args) == 0
+    assert train.main(args) == 0
     assert sorted(os.listdir(out)) == ["cache", "ckpt-4", "ckpt-5", "ckpt-99", "invocations.jsonl", "train_args.json",
                                        "train_log.jsonl", "training_curves.png"]
-    assert [step for step, _ in training.complete_checkpoints(str(out))] == [4, 5]
+    assert [step for step, _ in rundir.complete_checkpoints(str(out))] == [4, 5]
 
 
 # ---------------------------------------------------------------------------------------------------- decode --resume
 @pytest.fixture(scope="module")
-def trained(tiny_bert, train_file, tmp_path_factory):  # noqa: F811
+def trained(tiny_bert, train_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
-    assert training.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "20", "--save_steps",
-                                    "20")) == 0
+    assert train.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "20", "--save_steps",
+                                 "20")) == 0
     return str(out / "ckpt-20")
 
 
@@ -130,14 +130,14 @@ def test_decode_resume_continues_and_matches(trained, tmp_path, monkeypatch):
     common = ["--model_path", trained, "--input_file", str(source), "--max_tgt_length", "5", "--beam_size", "2",
               "--skip_bad_lines"]
     straight, out = tmp_path / "straight.txt", tmp_path / "out.txt"
-    assert inference.main(common + ["--output_file", str(straight)]) == 0
+    assert decode.main(common + ["--output_file", str(straight)]) == 0
     expected = straight.read_text().split("\n")[:-1]
     assert len(expected) == 8 and expected[3] == ""
 
     resumable = common + ["--output_file", str(out), "--resume", "--resume_chunk", "3", "--batch_size", "2"]
     with monkeypatch.context() as patch:
         interrupt_after(patch, 2)  # two chunks (6 lines) are durable, then the run dies
-        assert inference.main(resumable) == 130
+        assert decode.main(resumable) == 130
     partial, meta = tmp_path / "out.txt.partial", tmp_path / "out.txt.partial.json"
     assert not out.exists() and json.loads(meta.read_text())["lines_done"] == 6
     assert partial.read_text().split("\n")[:-1] == expected[:6]
@@ -145,7 +145,7 @@ def test_decode_resume_continues_and_matches(trained, tmp_path, monkeypatch):
         handle.write("a line of a chunk that was never recorded\n")
     with monkeypatch.context() as patch:
         interrupt_after(patch, 1)  # only the last chunk is left: one decode_ids call
-        assert inference.main(resumable) == 0
+        assert decode.main(resumable) == 0
     assert out.read_text().split("\n")[:-1] == expected
     assert not partial.exists() and not meta.exists()
 
@@ -158,11 +158,11 @@ def test_decode_resume_refuses_changed_input_or_settings(trained, tmp_path, monk
               "4", "--resume", "--resume_chunk", "2"]
     with monkeypatch.context() as patch:
         interrupt_after(patch, 1)
-        assert inference.main(common) == 130
+        assert decode.main(common) == 130
     capsys.readouterr()
-    assert inference.main(common + ["--beam_size", "2"]) == 2
+    assert decode.main(common + ["--beam_size", "2"]) == 2
     err = capsys.readouterr().err
     assert "the decoding settings changed" in err and "out.txt.partial" in err and "Traceback" not in err
     source.write_text(source.read_text().replace("fish", "bird"))
-    assert inference.main(common) == 2
+    assert decode.main(common) == 2
     assert "the input file changed" in capsys.readouterr().err

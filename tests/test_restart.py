@@ -6,25 +6,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import types
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from s2s_ft import checkpoint, training
+from conftest import one_error_line, train_args
+from s2s_ft import checkpoint, rundir, train
 from s2s_ft.data import load_tokenizer
-from test_cli import tiny_bert, train_args, train_file  # noqa: F401  (fixtures)
-from test_bad_inputs import one_error_line
 
 
 # ------------------------------------------------------------------------------------- what a restart compares
-def restart(out, tiny_bert, data, *extra):  # noqa: F811
-    return training.main(train_args(tiny_bert, data, out, "--num_training_steps", "2", "--save_steps", "1", *extra))
+def restart(out, tiny_bert, data, *extra):
+    return train.main(train_args(tiny_bert, data, out, "--num_training_steps", "2", "--save_steps", "1", *extra))
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_bert, train_file, tmp_path_factory):  # noqa: F811
+def finished(tiny_bert, train_file, tmp_path_factory):
     """A finished 2-step run (ckpt-1, ckpt-2) that the restarts below are compared against."""
     out = tmp_path_factory.mktemp("finished") / "run"
     assert restart(out, tiny_bert, train_file) == 0
@@ -35,7 +33,7 @@ def snapshot(out) -> dict:
     return {name: os.path.getmtime(out / name) for name in sorted(os.listdir(out)) if name != "cache"}
 
 
-def other_tokenizer(tiny_bert, tmp_path):  # noqa: F811
+def other_tokenizer(tiny_bert, tmp_path):
     """The same vocabulary and weights, another tokenizer setting (so other tokenizer files)."""
     copy = tmp_path / "other-tokenizer"
     shutil.copytree(tiny_bert, copy)
@@ -44,7 +42,7 @@ def other_tokenizer(tiny_bert, tmp_path):  # noqa: F811
     return ["--tokenizer_name", str(copy)]
 
 
-def other_train_file(tmp_path, train_file):  # noqa: F811
+def other_train_file(tmp_path, train_file):
     changed = tmp_path / "train.jsonl"
     changed.write_text(open(train_file).read().replace("cat", "dog"))
     return str(changed)
@@ -75,7 +73,7 @@ REFUSED = [  # (flags added to the same command, what the error line must say), 
 @pytest.mark.parametrize("extra, expected", REFUSED, ids=[" ".join(c[0]) if isinstance(c[0], list) else c[0]
                                                           for c in REFUSED])
 def test_restart_with_a_changed_run_flag_is_refused(finished, tiny_bert, train_file, tmp_path, capsys, extra,
-                                                    expected):  # noqa: F811
+                                                    expected):
     data = train_file
     if extra == "other-train-file":
         extra, data = [], other_train_file(tmp_path, train_file)
@@ -86,14 +84,14 @@ def test_restart_with_a_changed_run_flag_is_refused(finished, tiny_bert, train_f
     args = train_args(tiny_bert, data, finished, "--num_training_steps", "2", "--save_steps", "1", *extra)
     if "--model_type" in extra:
         args[args.index("--model_type") + 1] = extra[extra.index("--model_type") + 1]
-    assert training.main(args) == 2
+    assert train.main(args) == 2
     line = one_error_line(capsys)
     assert line.startswith(f"error: {finished / 'ckpt-2'} was trained with other settings: ") and expected in line
     assert "use a new --output_dir" in line, line
     assert snapshot(finished) == before  # nothing written: no log, no checkpoint, no invocation record
 
 
-def test_paths_may_change_when_the_content_does_not(finished, tiny_bert, train_file, tmp_path, caplog):  # noqa: F811
+def test_paths_may_change_when_the_content_does_not(finished, tiny_bert, train_file, tmp_path, caplog):
     """Another path to the same training file and tokenizer files, another --cache_dir and --log_level: resumes."""
     data = tmp_path / "copy.jsonl"
     shutil.copy(train_file, data)
@@ -109,33 +107,33 @@ def test_paths_may_change_when_the_content_does_not(finished, tiny_bert, train_f
 
 
 def test_restart_flags_may_change_with_allow_changed_flags(finished, tiny_bert, train_file, tmp_path, capsys,
-                                                            caplog):  # noqa: F811
+                                                            caplog):
     out = tmp_path / "run"
     shutil.copytree(finished, out)
     longer = ["--num_training_steps", "4", "--save_steps", "2", "--logging_steps", "2"]
     capsys.readouterr()
-    assert training.main(train_args(tiny_bert, train_file, out, *longer)) == 2
+    assert train.main(train_args(tiny_bert, train_file, out, *longer)) == 2
     line = one_error_line(capsys)
     assert (f"error: {out / 'ckpt-2'} was trained with other settings: --num_training_steps 2 → 4, --save_steps 1 "
             "→ 2, --logging_steps 1 → 2; to resume with the new values add --allow_changed_flags") in line, line
     with caplog.at_level("WARNING", logger="s2s_ft"):
-        assert training.main(train_args(tiny_bert, train_file, out, *longer, "--allow_changed_flags")) == 0
+        assert train.main(train_args(tiny_bert, train_file, out, *longer, "--allow_changed_flags")) == 0
     assert "resuming" in caplog.text and "--num_training_steps 2 → 4" in caplog.text
     assert [json.loads(line)["step"] for line in open(out / "train_log.jsonl")] == [1, 2, 4]
-    state = torch.load(out / "ckpt-4" / training.TRAINING_STATE, weights_only=False)
+    state = torch.load(out / "ckpt-4" / rundir.TRAINING_STATE, weights_only=False)
     assert state["run"]["num_training_steps"] == 4 and state["run"]["save_steps"] == 2  # the new values from now on
-    invocations = [json.loads(line) for line in open(out / training.INVOCATIONS)]
+    invocations = [json.loads(line) for line in open(out / rundir.INVOCATIONS)]
     assert [(r["resumed_from"], r["step"], r["args"]["num_training_steps"]) for r in invocations] == [
         (None, 0, 2), (str(out / "ckpt-2"), 2, 4)]  # the refused start is not a run
     assert json.load(open(out / "train_args.json"))["num_training_steps"] == 4  # the latest start
 
 
 def test_checkpoint_without_a_run_record_resumes_with_a_warning(finished, tiny_bert, train_file, tmp_path, capsys,
-                                                                 caplog):  # noqa: F811
+                                                                 caplog):
     """Checkpoints written before runs were recorded: only what s2s_ft_settings.json tells is compared."""
     out = tmp_path / "run"
     shutil.copytree(finished, out)
-    path = out / "ckpt-2" / training.TRAINING_STATE
+    path = out / "ckpt-2" / rundir.TRAINING_STATE
     state = torch.load(path, weights_only=False)
     del state["run"]
     torch.save(state, path)
@@ -182,11 +180,10 @@ def crash_at(monkeypatch, call: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def saver(tiny_bert):  # noqa: F811
+def saver(tiny_bert):
     """save(path, version, state): writes the tiny model with its weights shifted by ``version`` (1, 2, ...)."""
     model, info = checkpoint.load_pretrained("bert", tiny_bert)
     tokenizer = load_tokenizer(tiny_bert)
-    args = types.SimpleNamespace(model_type="bert")
     original = {k: v.clone() for k, v in model.state_dict().items()}
 
     def save(path, version, with_state):
@@ -194,8 +191,8 @@ def saver(tiny_bert):  # noqa: F811
             for name, value in model.state_dict().items():
                 value.copy_(original[name] + version)
         state = {"step": version} if with_state else None
-        extra = None if with_state else {training.BEST_JSON: json.dumps({"step": version})}
-        training.save_training_checkpoint(str(path), model, args, info["hf_config"], tokenizer, {}, state, extra)
+        extra = None if with_state else {rundir.BEST_JSON: json.dumps({"step": version})}
+        rundir.save_training_checkpoint(str(path), model, "bert", info["hf_config"], tokenizer, {}, state, extra)
 
     return save
 
@@ -203,12 +200,12 @@ def saver(tiny_bert):  # noqa: F811
 WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
 
 
-def version_of(path, with_state, tiny_bert) -> int:  # noqa: F811
+def version_of(path, with_state, tiny_bert) -> int:
     """The version a saved directory holds, after checking that it is complete and self-consistent."""
     if with_state:
-        step = torch.load(os.path.join(path, training.TRAINING_STATE), weights_only=False)["step"]
+        step = torch.load(os.path.join(path, rundir.TRAINING_STATE), weights_only=False)["step"]
     else:
-        step = json.load(open(os.path.join(path, training.BEST_JSON)))["step"]
+        step = json.load(open(os.path.join(path, rundir.BEST_JSON)))["step"]
     checkpoint.load_finetuned(str(path))  # every file there and loadable
     shift = load_file(os.path.join(path, "model.safetensors"))[WORD_EMBEDDINGS] \
         - load_file(os.path.join(tiny_bert, "model.safetensors"))[WORD_EMBEDDINGS]
@@ -218,7 +215,7 @@ def version_of(path, with_state, tiny_bert) -> int:  # noqa: F811
 
 @pytest.mark.parametrize("name, with_state", [("best", False), ("ckpt-3", True)])
 @pytest.mark.parametrize("previous", [True, False], ids=["replacing", "first-save"])
-def test_a_crash_at_any_step_of_a_save_leaves_a_complete_version(saver, tiny_bert, tmp_path, monkeypatch,  # noqa: F811
+def test_a_crash_at_any_step_of_a_save_leaves_a_complete_version(saver, tiny_bert, tmp_path, monkeypatch,
                                                                   name, with_state, previous):
     """Kill the save of version 2 at each os.replace / rmtree in turn; start-up clean-up must then find the old
     version 1 (or, with no previous one, nothing) or the complete new version 2, and no leftovers."""
@@ -235,7 +232,7 @@ def test_a_crash_at_any_step_of_a_save_leaves_a_complete_version(saver, tiny_ber
                 saver(out / name, 2, with_state)
             except Crash:
                 pass
-        training.remove_stale_temporaries(str(out))
+        rundir.remove_stale_temporaries(str(out))
         left = sorted(os.listdir(out))
         if not left:
             assert not previous, f"crash at call {call}: the previous {name} was lost"
@@ -253,12 +250,12 @@ def test_old_leftovers_of_an_interrupted_best_replacement(tmp_path):
     """Older code moved best/ aside to best.old.tmp before renaming best.tmp in: the complete old one comes back,
     a half-deleted one (no best.json) does not."""
     (tmp_path / "best.old.tmp").mkdir()
-    (tmp_path / "best.old.tmp" / training.BEST_JSON).write_text('{"step": 4}')
+    (tmp_path / "best.old.tmp" / rundir.BEST_JSON).write_text('{"step": 4}')
     (tmp_path / "best.tmp").mkdir()
     (tmp_path / "ckpt-9.deleting.tmp").mkdir()
-    training.remove_stale_temporaries(str(tmp_path))
+    rundir.remove_stale_temporaries(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["best"]
     shutil.rmtree(tmp_path / "best")
     (tmp_path / "best.old.tmp").mkdir()
-    training.remove_stale_temporaries(str(tmp_path))
+    rundir.remove_stale_temporaries(str(tmp_path))
     assert os.listdir(tmp_path) == []

