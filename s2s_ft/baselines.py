@@ -24,7 +24,7 @@ from collections import Counter
 from typing import Dict, List, Sequence
 
 from .data import DataError, iter_jsonl
-from .evaluate import METRIC_KEYS, METRICS, join_pieces, metric_family, read_dev_examples, score
+from .metrics import METRIC_KEYS, METRICS, join_pieces, metric_family, read_dev_examples, score
 from .fileio import write_atomic
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
