@@ -25,9 +25,9 @@ What is deliberately shared with our trainer, so that only the model differs:
 Decoding: ``generate`` with the same beam size, maximum generated tokens (the closing ``[SEP]`` included, as our
 ``--max_tgt_length``), ``early_stopping=True`` (a sentence is done when it has ``beam`` finished hypotheses, as
 in our beam search), ``[CLS]``/``[PAD]``/``[MASK]`` never generated (our decoder forbids them too), ``--min_len``
-as ``min_new_tokens`` (the closing ``[SEP]`` is forbidden until that many tokens, as our ``--min_len``), and the same detokenisation as ours
-(``s2s_ft.detokenize.detokenize`` with ``--detokenize text|spaced|ptb``), so tokenised metrics see identically
-formatted text. Length penalty: HF divides by ``len ** alpha``, ours by GNMT's ``((5 + len) / 6) ** alpha``; at
+as ``min_new_tokens`` (the closing ``[SEP]`` is forbidden until that many tokens, as our ``--min_len``), and the
+same detokenisation as ours (``s2s_ft.detokenize.detokenize`` with ``--detokenize text|spaced|ptb``), so tokenised
+metrics see identically formatted text. Length penalty: HF divides by ``len ** alpha``, ours by GNMT's ``((5 + len) / 6) ** alpha``; at
 alpha = 0 both rank by the plain sum of log-probabilities, at other values the two rank long and short hypotheses
 somewhat differently (not reproducible in ``generate`` without a custom beam scorer).
 
