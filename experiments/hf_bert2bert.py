@@ -27,9 +27,10 @@ Decoding: ``generate`` with the same beam size, maximum generated tokens (the cl
 in our beam search), ``[CLS]``/``[PAD]``/``[MASK]`` never generated (our decoder forbids them too), ``--min_len``
 as ``min_new_tokens`` (the closing ``[SEP]`` is forbidden until that many tokens, as our ``--min_len``), and the
 same detokenisation as ours (``s2s_ft.detokenize.detokenize`` with ``--detokenize text|spaced|ptb``), so tokenised
-metrics see identically formatted text. Length penalty: HF divides by ``len ** alpha``, ours by GNMT's ``((5 + len) / 6) ** alpha``; at
-alpha = 0 both rank by the plain sum of log-probabilities, at other values the two rank long and short hypotheses
-somewhat differently (not reproducible in ``generate`` without a custom beam scorer).
+metrics see identically formatted text. Length penalty: HF divides by ``len ** alpha``, ours by GNMT's
+``((5 + len) / 6) ** alpha``; at alpha = 0 both rank by the plain sum of log-probabilities, at other values (the
+SQuAD-QG recipe's 2.0) the two rank long and short hypotheses somewhat differently (not reproducible in
+``generate`` without a custom beam scorer).
 
 Resumable: a training state (model, optimizer, scheduler, RNG, step) is saved every ``--save_steps`` to
 ``OUTPUT_DIR/state.pt`` (atomically) and picked up by a re-run; the finished model goes to ``OUTPUT_DIR/final``
