@@ -497,8 +497,8 @@ def report(args, units_by_dataset: dict, settings_by_dataset: dict) -> str:
         aggregated = aggregate(per_seed, [key for key, _ in (*columns, *CHECK_COLUMNS)])
         parts.append(table_heading(dataset, settings_by_dataset[dataset], per_seed) + "\n\n"
                      + markdown_table(aggregated, columns, args.systems, CHECK_COLUMNS))
-        results["datasets"][dataset] = {"settings": settings_by_dataset[dataset], "per_seed": per_seed, "aggregated": aggregated,
-                                        "timing_s": timings}
+        results["datasets"][dataset] = {"settings": settings_by_dataset[dataset], "per_seed": per_seed,
+                                        "aggregated": aggregated, "timing_s": timings}
     text = "\n\n".join(parts) + ("\n\nmean ± sample standard deviation over seeds; best mean in bold; distinct % and "
                                   "src word %: outputs that are distinct, and that share a content word with their "
                                   "source.\n")
