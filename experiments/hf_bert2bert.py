@@ -138,12 +138,39 @@ def resume(state_path: str, steps: int, device, model, optimizer, scheduler) -> 
     return state["step"]
 
 
+def warm_started(model_dir: str, fresh_head_init: str):
+    """bert2bert from ``model_dir`` (encoder and decoder), the decoder's LM head started as the identity when
+    ``fresh_head_init`` says so and the checkpoint has no head."""
+    from transformers import EncoderDecoderModel
+
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(model_dir, model_dir)
+    if fresh_head_init == "identity":
+        if any(key.startswith(("cls.predictions.transform.", "predictions.transform."))
+               for key in checkpoint_keys(model_dir)):
+            print("the checkpoint has an LM head: --fresh_head_init does not apply", flush=True)
+        else:
+            try:
+                head_as_identity(model.decoder)
+                print("the fresh LM head starts as the identity", flush=True)
+            except (AttributeError, ValueError) as error:
+                print(f"the fresh LM head keeps its random start: {error}", flush=True)
+    return model
+
+
+def token_budget_sampler(pairs, max_tokens: int, seed: int) -> TokenBudgetSampler:
+    """Our token-budget batching over encoder + decoder tokens: ``[CLS] src [SEP]`` + ``tgt [SEP]``."""
+    sampler = TokenBudgetSampler([len(p.source) + 2 + len(p.target) + 1 for p in pairs], max_tokens, seed)
+    print(f"token-budget batches of <= {max_tokens} tokens: {len(sampler.epoch(0))} per epoch "
+          f"({sampler.over_budget} examples over the budget alone)", flush=True)
+    return sampler
+
+
 def train(args) -> None:
     final = os.path.join(args.output_dir, FINAL)
     if os.path.isfile(os.path.join(final, "config.json")):
         print(f"{final} exists: training already finished", flush=True)
         return
-    from transformers import EncoderDecoderModel, logging as hf_logging
+    from transformers import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # "Some weights ... newly initialized" is expected: the cross-attention
     os.makedirs(args.output_dir, exist_ok=True)
@@ -155,25 +182,9 @@ def train(args) -> None:
 
     torch.manual_seed(args.seed)  # the seed also draws the new cross-attention weights
     random.seed(args.seed)
-    model = EncoderDecoderModel.from_encoder_decoder_pretrained(args.model_dir, args.model_dir)
-    if args.fresh_head_init == "identity":
-        if any(key.startswith(("cls.predictions.transform.", "predictions.transform."))
-               for key in checkpoint_keys(args.model_dir)):
-            print("the checkpoint has an LM head: --fresh_head_init does not apply", flush=True)
-        else:
-            try:
-                head_as_identity(model.decoder)
-                print("the fresh LM head starts as the identity", flush=True)
-            except (AttributeError, ValueError) as error:
-                print(f"the fresh LM head keeps its random start: {error}", flush=True)
-    model = model.to(device)
+    model = warm_started(args.model_dir, args.fresh_head_init).to(device)
     set_special_ids(model, tokenizer)
-    sampler = None
-    if args.max_tokens_per_batch:  # encoder + decoder tokens of an example: [CLS] src [SEP] + tgt [SEP]
-        sampler = TokenBudgetSampler([len(p.source) + 2 + len(p.target) + 1 for p in pairs],
-                                     args.max_tokens_per_batch, args.seed)
-        print(f"token-budget batches of <= {args.max_tokens_per_batch} tokens: {len(sampler.epoch(0))} per epoch "
-              f"({sampler.over_budget} examples over the budget alone)", flush=True)
+    sampler = token_budget_sampler(pairs, args.max_tokens_per_batch, args.seed) if args.max_tokens_per_batch else None
     optimizer, scheduler = make_optimizer(model, learning_rate=args.lr, weight_decay=args.weight_decay,
                                           adam_epsilon=args.adam_epsilon, num_warmup_steps=args.warmup_steps,
                                           num_training_steps=args.steps)
