@@ -8,15 +8,27 @@ Four systems, all starting from the same checkpoint (default: the packaged all-M
   decoder, both warm-started, the decoder's cross-attention new and random), trained and decoded by
   ``experiments/hf_bert2bert.py`` with our trainer's example reader, batch order, optimizer and schedule.
 
-Every system gets the same training examples in the same order (per seed), the same batch size, number of
-optimizer steps, learning rate and linear warmup/decay, label smoothing, maximum lengths, and the same beam size,
-maximum output length and length penalty at decoding time. All are scored by ``python -m s2s_ft.evaluate --json``
-against the same reference file.
+All systems use the recipe of README "Recommended settings" (``experiments/squad_qg_recipe.sh`` for SQuAD-QG)
+where it applies: the fresh MLM head starts as the identity (``--fresh_head_init identity``; for bert2bert the
+decoder's LM head, see ``hf_bert2bert.py``), token-budget batches (``--max_tokens``: rows x longest packed length;
+bert2bert counts encoder + decoder tokens, our causal packed length, so at the same budget our masked and
+pseudo-masked layouts, which are longer, get fewer examples per batch), a high peak learning rate with linear warmup
+(``--warmup_ratio`` x steps) and linear decay, bf16 autocast where the CPU computes bf16 natively (``avx512_bf16`` or
+``amx_bf16`` in /proc/cpuinfo; else fp32; ``--precision`` overrides), and per-dataset search settings and output
+detokenisation (SQuAD-QG: beam 5, length penalty 2.0, at least 6 tokens, no repeated trigram, Penn-Treebank
+detokenisation as its references are tokenised). Every system gets the same training examples (per seed), the same
+number of optimizer steps, learning rate and schedule, label smoothing, maximum lengths, precision, and the same
+search settings at decoding time (bert2bert's length penalty is HF's ``len ** alpha``, ours GNMT's: they differ
+when it is not 0). All are scored by ``python -m s2s_ft.evaluate --json`` against the same reference file, plus two
+checks that a system reads its source (``squad_qg.output_checks``: the fraction of distinct outputs and of outputs
+sharing a content word with their source), shown as percentages and never bold.
 
 Datasets (``--data_root``, read only):
 
-* ``squad_qg``: train on ``train.jsonl``, evaluate on the first ``--eval_examples`` lines of ``dev.jsonl``
-  (one reference each); BLEU-4 (sacreBLEU and the tokenised QG-paper BLEU-4), METEOR, ROUGE-L;
+* ``squad_qg``: train on ``train.jsonl``; evaluate as QG papers do (Du et al. 2017): one prediction per *distinct*
+  source sentence of ``dev.jsonl`` (``squad_qg.group_by_source``: 6,795 sentences for 10,570 questions, in order of
+  first appearance) against all questions of that sentence; the first ``--eval_examples`` grouped sentences (default
+  all); BLEU-4 (sacreBLEU and the tokenised QG-paper BLEU-4), METEOR, ROUGE-L;
 * ``scitldr``: train on ``train.jsonl``, evaluate on ``test.jsonl`` (multi-reference ``refs``, at most
   ``--eval_examples`` lines: all 618 by default); ROUGE-1/2/L.
 
@@ -30,12 +42,14 @@ message instead of mixing runs. The tables (mean +- sample standard deviation ov
     python experiments/method_comparison.py --data_root ../shared/data --work_dir /tmp/method_comparison
 
 Per-dataset flags take one value for all datasets or ``name=value`` pairs: ``--steps squad_qg=800,scitldr=400``.
+``--max_tokens 0`` falls back to fixed batches of ``--batch_size`` examples.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -43,10 +57,15 @@ import sys
 import time
 from dataclasses import dataclass
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # the repo root, for s2s_ft
+sys.path.insert(0, HERE)  # this folder, for squad_qg (already there when run as a script; not when imported)
 
+from s2s_ft.detokenize import DETOKENIZERS  # noqa: E402
 from s2s_ft.fileio import write_atomic  # noqa: E402
+from s2s_ft.metrics import read_hypotheses  # noqa: E402
+from squad_qg import group_by_source, output_checks  # noqa: E402
 
 HF_SCRIPT = os.path.join(ROOT, "experiments", "hf_bert2bert.py")
 OUR_METHODS = ("causal", "masked", "pseudo_masked")
@@ -59,27 +78,62 @@ class Dataset:
     eval: str
     metrics: str  # s2s_ft.evaluate --metrics
     columns: tuple  # (scores.json key, table header) in table order
+    grouped: bool = False  # one record per distinct source, all its targets as refs (squad_qg.group_by_source)
 
 
 DATASETS = {
     "squad_qg": Dataset("train.jsonl", "dev.jsonl", "bleu,meteor,rouge",
                         (("bleu", "BLEU-4 (sacre)"), ("bleu4_tok", "BLEU-4 (QG tok)"), ("meteor", "METEOR"),
-                         ("rougeL", "ROUGE-L"))),
+                         ("rougeL", "ROUGE-L")), grouped=True),
     "scitldr": Dataset("train.jsonl", "test.jsonl", "rouge",
                        (("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROUGE-L"))),
 }
+# output checks (squad_qg.output_checks, fractions in scores.json), shown as percentages after the metrics, never bold
+CHECK_COLUMNS = (("distinct", "distinct %"), ("source_overlap", "src word %"))
+PRECISIONS = ("fp32", "bf16")
 
 # Per-dataset defaults, chosen to keep the full run CPU-feasible (see experiments/README.md). MiniLM word pieces:
 # SQuAD-QG sources have mean 39 / p99 106, 96 keeps 98% whole; questions mean 13, 32 keeps 99.9%. SciTLDR abstracts
 # have mean 213 / p90 299, 256 keeps 76% whole (the rest lose their last sentences); TLDRs mean 26, 48 keeps 98%.
+# SQuAD-QG follows experiments/squad_qg_recipe.sh (README "Recommended settings"). SciTLDR: a budget of 4096 tokens
+# holds ~11 pseudo-masked rows of a full 256-piece abstract with a 48-piece TLDR (~16 causal ones), a lower peak
+# learning rate for the longer, fewer batches, and the search settings of the earlier comparison (natural text).
 DEFAULTS = {
-    "steps": {"squad_qg": 600, "scitldr": 300},
+    "steps": {"squad_qg": 2800, "scitldr": 300},
+    "max_tokens": {"squad_qg": 2400, "scitldr": 4096},
     "batch_size": {"squad_qg": 16, "scitldr": 8},
-    "lr": {"squad_qg": 1e-4, "scitldr": 1e-4},
+    "lr": {"squad_qg": 5e-4, "scitldr": 3e-4},
     "max_source_len": {"squad_qg": 96, "scitldr": 256},
     "max_target_len": {"squad_qg": 32, "scitldr": 48},
+    "beam_size": {"squad_qg": 5, "scitldr": 5},
+    "length_penalty": {"squad_qg": 2.0, "scitldr": 0.0},
+    "min_len": {"squad_qg": 6, "scitldr": 1},
+    "no_repeat_ngram": {"squad_qg": 3, "scitldr": 0},
+    "detokenize": {"squad_qg": "ptb", "scitldr": "text"},
 }
-PER_DATASET_TYPES = {"steps": int, "batch_size": int, "lr": float, "max_source_len": int, "max_target_len": int}
+PER_DATASET_TYPES = {"steps": int, "max_tokens": int, "batch_size": int, "lr": float, "max_source_len": int,
+                     "max_target_len": int, "beam_size": int, "length_penalty": float, "min_len": int,
+                     "no_repeat_ngram": int, "detokenize": str}
+PER_DATASET_HELP = {
+    "max_tokens": "token-budget batches: rows x longest packed length <= N (0: fixed --batch_size batches)",
+    "batch_size": "examples per batch when --max_tokens is 0",
+    "length_penalty": "0 ranks by the sum of log-probs in both decoders (non-zero: GNMT's formula in ours, "
+                      "len**alpha in HF's)",
+    "min_len": "generated tokens before the closing [SEP] is allowed",
+    "no_repeat_ngram": "N > 0: never repeat an N-gram (ours --forbid_duplicate_ngrams, HF no_repeat_ngram_size)",
+    "detokenize": f"output text style ({', '.join(DETOKENIZERS)}; s2s_ft.detokenize)",
+}
+
+
+def cpu_precision(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """bf16 where the CPU computes it natively (AVX512-BF16 or AMX-BF16), else fp32 (emulated bf16 is slower),
+    as experiments/squad_qg_recipe.sh chooses."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return "fp32"
+    return "bf16" if re.search(r"\b(avx512_bf16|amx_bf16)\b", text) else "fp32"
 
 
 # -- arguments -------------------------------------------------------------------------------------------------
@@ -119,19 +173,19 @@ def parse_args(argv=None):
     p.add_argument("--seeds", default="1,2,3", help="comma-separated (default %(default)s)")
     for name, defaults in DEFAULTS.items():
         p.add_argument(f"--{name}", default=None,
-                       help=f"per dataset; default {','.join(f'{k}={v}' for k, v in defaults.items())}")
-    p.add_argument("--warmup_ratio", type=float, default=0.1,
-                   help="linear warmup steps = ratio x steps (default %(default)s)")
+                       help=(PER_DATASET_HELP[name] + "; " if name in PER_DATASET_HELP else "")
+                       + f"per dataset; default {','.join(f'{k}={v}' for k, v in defaults.items())}")
+    p.add_argument("--warmup_ratio", type=float, default=0.07,
+                   help="linear warmup steps = ratio x steps (default %(default)s: 196 of 2800, the recipe's ~200)")
     p.add_argument("--label_smoothing", type=float, default=0.1, help="default %(default)s")
-    p.add_argument("--eval_examples", type=int, default=1000,
-                   help="the first N lines of the evaluation file (fewer when it is shorter; default %(default)s)")
-    p.add_argument("--beam_size", type=int, default=5, help="default %(default)s")
-    p.add_argument("--length_penalty", type=float, default=0.0,
-                   help="0 ranks by the sum of log-probs in both decoders (non-zero: GNMT's formula in ours, "
-                        "len**alpha in HF's; default %(default)s)")
-    p.add_argument("--no_repeat_ngram", type=int, default=0,
-                   help="N > 0: never repeat an N-gram (ours --forbid_duplicate_ngrams, HF "
-                        "no_repeat_ngram_size; default off)")
+    p.add_argument("--fresh_head_init", default="identity", choices=("random", "identity"),
+                   help="how an LM head the checkpoint lacks starts (default %(default)s)")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="training and decoding precision (default: bf16 if /proc/cpuinfo lists avx512_bf16 or "
+                        "amx_bf16, else fp32)")
+    p.add_argument("--eval_examples", type=int, default=0,
+                   help="the first N evaluation records (squad_qg: grouped distinct sentences; 0, the default: all, "
+                        "6,795 for squad_qg and 618 for scitldr)")
     p.add_argument("--decode_batch_size", type=int, default=32, help="default %(default)s")
     p.add_argument("--save_steps", type=int, default=250,
                    help="checkpoint every N steps: resume points (default %(default)s)")
@@ -148,17 +202,28 @@ def parse_args(argv=None):
         raise SystemExit("--seeds: none given")
     for name, kind in PER_DATASET_TYPES.items():
         setattr(args, name, per_dataset(getattr(args, name), DEFAULTS[name], kind, DATASETS))
+    bad = {v for v in args.detokenize.values() if v not in DETOKENIZERS}
+    if bad:
+        raise SystemExit(f"--detokenize {', '.join(sorted(bad))}: choose from {', '.join(DETOKENIZERS)}")
+    if args.eval_examples < 0:
+        raise SystemExit(f"--eval_examples must be >= 0 (0: all), got {args.eval_examples}")
+    if args.precision is None:
+        args.precision = cpu_precision()
     return args
 
 
 def settings_for(args, dataset: str, model_dir: str) -> dict:
     """Everything that changes a dataset's numbers (seeds and systems are units, not settings)."""
     steps = args.steps[dataset]
-    return {"model_dir": model_dir, "steps": steps, "batch_size": args.batch_size[dataset], "lr": args.lr[dataset],
+    return {"model_dir": model_dir, "steps": steps, "max_tokens": args.max_tokens[dataset],
+            "batch_size": args.batch_size[dataset], "lr": args.lr[dataset],
             "warmup_steps": round(args.warmup_ratio * steps), "label_smoothing": args.label_smoothing,
+            "fresh_head_init": args.fresh_head_init, "precision": args.precision,
             "max_source_len": args.max_source_len[dataset], "max_target_len": args.max_target_len[dataset],
-            "eval_examples": args.eval_examples, "beam_size": args.beam_size,
-            "length_penalty": args.length_penalty, "no_repeat_ngram": args.no_repeat_ngram}
+            "eval_examples": args.eval_examples, "grouped_eval": DATASETS[dataset].grouped,
+            "beam_size": args.beam_size[dataset], "length_penalty": args.length_penalty[dataset],
+            "min_len": args.min_len[dataset], "no_repeat_ngram": args.no_repeat_ngram[dataset],
+            "detokenize": args.detokenize[dataset]}
 
 
 # -- tables (pure functions; tests/test_experiment_tables.py) ----------------------------------------------------
@@ -185,28 +250,30 @@ def aggregate(per_seed: dict, keys) -> dict:
     return table
 
 
-def format_cell(cell: dict | None) -> str:
+def format_cell(cell: dict | None, scale: float = 1.0) -> str:
     if not cell:
         return "–"
     if cell["std"] is None:
-        return f"{cell['mean']:.2f}"
-    return f"{cell['mean']:.2f} ± {cell['std']:.2f}"
+        return f"{scale * cell['mean']:.2f}"
+    return f"{scale * cell['mean']:.2f} ± {scale * cell['std']:.2f}"
 
 
-def markdown_table(aggregated: dict, columns, systems) -> str:
+def markdown_table(aggregated: dict, columns, systems, checks=()) -> str:
     """Rows = systems (in the given order), columns = metrics, cells ``mean ± std`` (just the mean for one seed);
-    the best mean per column is bold."""
+    the best mean per column is bold. ``checks``: further (key, header) columns of fractions, shown as percentages
+    after the metrics and never bold (more is not simply better)."""
     best = {}
     for key, _ in columns:
         means = [round(aggregated[s][key]["mean"], 2) for s in systems if s in aggregated and key in aggregated[s]]
         # nothing to bold when every shown mean is the same (one system, or all tied)
         best[key] = max(means) if len(set(means)) > 1 else None
-    lines = ["| system | seeds | " + " | ".join(header for _, header in columns) + " |",
-             "|---|---:|" + "---:|" * len(columns)]
+    headers = [header for _, header in (*columns, *checks)]
+    lines = ["| system | seeds | " + " | ".join(headers) + " |",
+             "|---|---:|" + "---:|" * len(headers)]
     for system in systems:
         row = aggregated.get(system)
         if not row:
-            lines.append(f"| {system} | 0 | " + " | ".join("–" for _ in columns) + " |")
+            lines.append(f"| {system} | 0 | " + " | ".join("–" for _ in headers) + " |")
             continue
         cells = []
         for key, _ in columns:
@@ -214,6 +281,7 @@ def markdown_table(aggregated: dict, columns, systems) -> str:
             if key in row and round(row[key]["mean"], 2) == best[key]:
                 text = f"**{text}**"
             cells.append(text)
+        cells += [format_cell(row.get(key), 100.0) for key, _ in checks]
         seeds = max(cell["n"] for cell in row.values())
         lines.append(f"| {system} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -242,14 +310,35 @@ def run_logged(command: list, log_path: str, what: str) -> float:
     return time.time() - started
 
 
-def first_lines(source: str, path: str, count: int) -> int:
-    """The first ``count`` non-blank lines of ``source`` to ``path`` (once); returns the number of lines."""
+def eval_file_name(count: int, grouped: bool) -> str:
+    return f"eval.{'grouped.' if grouped else ''}{f'first{count}' if count else 'all'}.jsonl"
+
+
+def write_eval_file(source: str, path: str, count: int, grouped: bool) -> int:
+    """The evaluation records to ``path`` (once): the first ``count`` (0: all) non-blank lines of ``source``, or
+    with ``grouped`` the first ``count`` records of ``squad_qg.group_by_source(source)`` (one per distinct ``src``,
+    all its targets as ``refs``). Returns the number of records in ``path``."""
     if not os.path.isfile(path):
-        with open(source, encoding="utf-8") as handle:
-            lines = [line if line.endswith("\n") else line + "\n" for line in handle if line.strip()][:count]
-        write_atomic(path, "".join(lines))
+        if grouped:
+            lines = [json.dumps(record, ensure_ascii=False) + "\n" for record in group_by_source(source)]
+        else:
+            with open(source, encoding="utf-8") as handle:
+                lines = [line if line.endswith("\n") else line + "\n" for line in handle if line.strip()]
+        write_atomic(path, "".join(lines[:count] if count else lines))
     with open(path, encoding="utf-8") as handle:
-        return sum(1 for _ in handle)
+        return sum(1 for line in handle if line.strip())
+
+
+def with_output_checks(scores: dict, pred_path: str, eval_path: str) -> dict:
+    """``scores`` plus ``squad_qg.output_checks`` of the predictions against the evaluation file's sources
+    (fractions, rounded to 4 places)."""
+    outputs = read_hypotheses(pred_path)
+    with open(eval_path, encoding="utf-8") as handle:
+        sources = [json.loads(line)["src"] for line in handle if line.strip()]
+    sources = [" ".join(src) if isinstance(src, list) else src for src in sources]  # word-piece lists
+    if len(outputs) != len(sources):
+        raise SystemExit(f"{pred_path}: {len(outputs)} lines, but {eval_path} has {len(sources)} records")
+    return {**scores, **{key: round(value, 4) for key, value in output_checks(outputs, sources).items()}}
 
 
 def save_json(path: str, value) -> None:
@@ -292,14 +381,19 @@ class Unit:
             return [sys.executable, HF_SCRIPT, "train", "--model_dir", s["model_dir"], "--train_file",
                     self.train_file, "--output_dir", self.model_dir, "--max_source_len", str(s["max_source_len"]),
                     "--max_target_len", str(s["max_target_len"]), "--batch_size", str(s["batch_size"]),
+                    "--max_tokens_per_batch", str(s["max_tokens"]), "--fresh_head_init", s["fresh_head_init"],
+                    "--precision", s["precision"],
                     "--lr", str(s["lr"]), "--steps", str(s["steps"]), "--warmup_steps", str(s["warmup_steps"]),
                     "--label_smoothing", str(s["label_smoothing"]), "--seed", str(self.seed),
                     "--save_steps", str(self.args.save_steps), "--logging_steps", str(self.logging_steps())]
+        batching = (["--max_tokens_per_batch", str(s["max_tokens"])] if s["max_tokens"]
+                    else ["--per_device_train_batch_size", str(s["batch_size"])])
         return [sys.executable, "run_seq2seq.py", "--model_type", "bert", "--model_name_or_path", s["model_dir"],
+                "--fresh_head_init", s["fresh_head_init"],
                 "--train_file", self.train_file, "--output_dir", self.model_dir, "--fine_tune", self.system,
                 "--max_source_seq_length", str(s["max_source_len"]),
                 "--max_target_seq_length", str(s["max_target_len"]),
-                "--per_device_train_batch_size", str(s["batch_size"]), "--learning_rate", str(s["lr"]),
+                *batching, "--learning_rate", str(s["lr"]), "--precision", s["precision"],
                 "--num_training_steps", str(s["steps"]), "--num_warmup_steps", str(s["warmup_steps"]),
                 "--label_smoothing", str(s["label_smoothing"]), "--seed", str(self.seed),
                 "--save_steps", str(self.args.save_steps), "--save_total_limit", "1",
@@ -316,11 +410,13 @@ class Unit:
                     self.eval_file, "--output_file", self.pred, "--max_source_len", str(s["max_source_len"]),
                     "--max_target_len", str(s["max_target_len"]), "--beam_size", str(s["beam_size"]),
                     "--length_penalty", str(s["length_penalty"]), "--no_repeat_ngram_size",
-                    str(s["no_repeat_ngram"]), "--batch_size", str(self.args.decode_batch_size)]
+                    str(s["no_repeat_ngram"]), "--min_len", str(s["min_len"]), "--detokenize", s["detokenize"],
+                    "--precision", s["precision"], "--batch_size", str(self.args.decode_batch_size)]
         command = [sys.executable, "decode_seq2seq.py", "--model_path", self.final_model, "--input_file",
                    self.eval_file, "--output_file", self.pred, "--beam_size", str(s["beam_size"]),
-                   "--length_penalty", str(s["length_penalty"]), "--max_tgt_length", str(s["max_target_len"]),
-                   "--batch_size", str(self.args.decode_batch_size), "--resume"]
+                   "--length_penalty", str(s["length_penalty"]), "--min_len", str(s["min_len"]),
+                   "--max_tgt_length", str(s["max_target_len"]), "--detokenize", s["detokenize"],
+                   "--precision", s["precision"], "--batch_size", str(self.args.decode_batch_size), "--resume"]
         if s["no_repeat_ngram"]:
             command += ["--forbid_duplicate_ngrams", "--ngram_size", str(s["no_repeat_ngram"])]
         return command
@@ -344,7 +440,8 @@ class Unit:
             timing["score_s"] = run_logged(
                 [sys.executable, "-m", "s2s_ft.evaluate", "--hyp", self.pred, "--ref", self.eval_file,
                  "--metrics", DATASETS[self.dataset].metrics, "--json", temporary], log, "score")
-            os.replace(temporary, self.scores)
+            save_json(self.scores, with_output_checks(json.load(open(temporary)), self.pred, self.eval_file))
+            os.remove(temporary)
         if timing:
             timing_path = os.path.join(self.dir, "timing.json")
             previous = json.load(open(timing_path)) if os.path.isfile(timing_path) else {}
@@ -369,6 +466,20 @@ def check_settings(path: str, settings: dict) -> None:
         save_json(path, settings)
 
 
+def table_heading(dataset: str, s: dict, per_seed: dict) -> str:
+    """One line: the settings that matter for reading a dataset's table, and what it was scored on."""
+    n_eval = next((scores["n"] for seeds in per_seed.values() for scores in seeds.values()), None)
+    n_text = "?" if n_eval is None else f"{n_eval:,}"
+    batches = f"<= {s['max_tokens']} tokens" if s.get("max_tokens") else f"batch {s['batch_size']}"
+    search = (f"beam {s['beam_size']}, length penalty {s['length_penalty']}, min {s['min_len']}"
+              + (f", no repeated {s['no_repeat_ngram']}-gram" if s["no_repeat_ngram"] else "")
+              + f", {s['detokenize']} detokenisation")
+    what = (f"{n_text} distinct {DATASETS[dataset].eval.split('.')[0]} sentences, all their questions as references"
+            if s.get("grouped_eval") else f"{n_text} {DATASETS[dataset].eval.split('.')[0]} examples")
+    return (f"### {dataset}: {s['steps']} steps x {batches}, lr {s['lr']} (warmup {s['warmup_steps']}), "
+            f"{s['precision']}, src/tgt {s['max_source_len']}/{s['max_target_len']}; {search}; {what}")
+
+
 def report(args, units_by_dataset: dict, settings_by_dataset: dict) -> str:
     """The Markdown tables of every dataset, also written to results.md / results.json."""
     parts, results = [], {"command": " ".join([os.path.basename(sys.executable)] + sys.argv), "datasets": {}}
@@ -383,16 +494,14 @@ def report(args, units_by_dataset: dict, settings_by_dataset: dict) -> str:
             if os.path.isfile(timing_path):
                 timings[unit.system][unit.seed] = json.load(open(timing_path))
         columns = DATASETS[dataset].columns
-        aggregated = aggregate(per_seed, [key for key, _ in columns])
-        s = settings_by_dataset[dataset]
-        n_eval = next((scores["n"] for seeds in per_seed.values() for scores in seeds.values()), None)
-        parts.append(f"### {dataset}: {s['steps']} steps x batch {s['batch_size']}, lr {s['lr']}, "
-                     f"src/tgt {s['max_source_len']}/{s['max_target_len']}, beam {s['beam_size']}, "
-                     f"{n_eval if n_eval is not None else '?'} {DATASETS[dataset].eval.split('.')[0]} examples\n\n"
-                     + markdown_table(aggregated, columns, args.systems))
-        results["datasets"][dataset] = {"settings": s, "per_seed": per_seed, "aggregated": aggregated,
-                                        "timing_s": timings}
-    text = "\n\n".join(parts) + "\n\nmean ± sample standard deviation over seeds; best mean in bold.\n"
+        aggregated = aggregate(per_seed, [key for key, _ in (*columns, *CHECK_COLUMNS)])
+        parts.append(table_heading(dataset, settings_by_dataset[dataset], per_seed) + "\n\n"
+                     + markdown_table(aggregated, columns, args.systems, CHECK_COLUMNS))
+        results["datasets"][dataset] = {"settings": settings_by_dataset[dataset], "per_seed": per_seed,
+                                        "aggregated": aggregated, "timing_s": timings}
+    text = "\n\n".join(parts) + ("\n\nmean ± sample standard deviation over seeds; best mean in bold; distinct % and "
+                                  "src word %: outputs that are distinct, and that share a content word with their "
+                                  "source.\n")
     write_atomic(os.path.join(args.work_dir, "results.md"), text)
     save_json(os.path.join(args.work_dir, "results.json"), results)
     return text
@@ -423,9 +532,10 @@ def main(argv=None) -> None:
         if not args.dry_run:
             os.makedirs(os.path.join(args.work_dir, dataset), exist_ok=True)
             check_settings(os.path.join(args.work_dir, dataset, "settings.json"), settings)
-        eval_file = os.path.join(args.work_dir, dataset, f"eval.first{args.eval_examples}.jsonl")
+        eval_file = os.path.join(args.work_dir, dataset, eval_file_name(args.eval_examples, spec.grouped))
         if not args.dry_run:
-            first_lines(os.path.join(folder, spec.eval), eval_file, args.eval_examples)
+            count = write_eval_file(os.path.join(folder, spec.eval), eval_file, args.eval_examples, spec.grouped)
+            print(f"{dataset}: {count} evaluation records in {eval_file}")
         settings_by_dataset[dataset] = settings
         units_by_dataset[dataset] = [Unit(args, dataset, system, seed, settings, eval_file)
                                      for seed in args.seeds for system in args.systems]

@@ -1,5 +1,7 @@
-"""The pure table / argument / diagnostic helpers of experiments/method_comparison.py and output_diagnostics.py
-(no data, no models, no subprocesses)."""
+"""The pure table / argument / diagnostic helpers of experiments/method_comparison.py and output_diagnostics.py,
+and the identity start of hf_bert2bert's fresh LM head (no data, tiny models, no subprocesses)."""
+import json
+
 import pytest
 
 from conftest import load_script
@@ -57,6 +59,127 @@ def test_parse_args_subsets_and_seeds(tmp_path):
     assert args.steps == {"squad_qg": 5, "scitldr": mc.DEFAULTS["steps"]["scitldr"]}
     with pytest.raises(SystemExit):
         mc.parse_args(["--systems", "causal,bart"])
+
+
+def test_markdown_table_shows_checks_as_percentages_never_bold():
+    cell = lambda mean, std=None: {"mean": mean, "std": std, "n": 1, "values": [mean]}  # noqa: E731
+    aggregated = {"causal": {"bleu": cell(9.0), "distinct": cell(0.5), "source_overlap": cell(0.25)},
+                  "masked": {"bleu": cell(8.0), "distinct": cell(0.9, 0.01), "source_overlap": cell(0.875)}}
+    text = mc.markdown_table(aggregated, (("bleu", "BLEU-4"),), ["causal", "masked", "hf_bert2bert"],
+                             mc.CHECK_COLUMNS)
+    lines = text.splitlines()
+    assert lines[0] == "| system | seeds | BLEU-4 | distinct % | src word % |"
+    assert lines[1] == "|---|---:|---:|---:|---:|"
+    assert lines[2] == "| causal | 1 | **9.00** | 50.00 | 25.00 |"
+    assert lines[3] == "| masked | 1 | 8.00 | 90.00 ± 1.00 | 87.50 |"
+    assert lines[4] == "| hf_bert2bert | 0 | – | – | – |"
+
+
+def test_cpu_precision_reads_the_bf16_flags(tmp_path):
+    def flags(text):
+        path = tmp_path / "cpuinfo"
+        path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {text}\n")
+        return mc.cpu_precision(str(path))
+    assert flags("avx512f avx512_bf16 avx512vl") == "bf16"
+    assert flags("amx_tile amx_bf16") == "bf16"
+    assert flags("avx512f avx2") == "fp32"
+    assert flags("avx512_bf16x") == "fp32"  # whole flag names only
+    assert mc.cpu_precision(str(tmp_path / "missing")) == "fp32"
+
+
+def test_parse_args_recipe_defaults_and_overrides(tmp_path):
+    args = mc.parse_args(["--work_dir", str(tmp_path)])
+    assert args.precision == mc.cpu_precision()
+    assert args.steps["squad_qg"] == 2800 and args.max_tokens["squad_qg"] == 2400 and args.lr["squad_qg"] == 5e-4
+    assert args.detokenize == {"squad_qg": "ptb", "scitldr": "text"}
+    assert args.eval_examples == 0  # all
+    settings = mc.settings_for(args, "squad_qg", "/ckpt")
+    assert settings["warmup_steps"] == 196 and settings["grouped_eval"] is True
+    assert {"max_tokens", "fresh_head_init", "precision", "min_len", "no_repeat_ngram", "detokenize",
+            "length_penalty", "beam_size"} <= set(settings)
+    args = mc.parse_args(["--work_dir", str(tmp_path), "--precision", "fp32", "--detokenize", "scitldr=spaced",
+                          "--min_len", "2", "--max_tokens", "0"])
+    assert args.precision == "fp32" and args.detokenize == {"squad_qg": "ptb", "scitldr": "spaced"}
+    assert args.min_len == {"squad_qg": 2, "scitldr": 2} and args.max_tokens == {"squad_qg": 0, "scitldr": 0}
+    with pytest.raises(SystemExit):
+        mc.parse_args(["--detokenize", "squad_qg=nltk"])
+    with pytest.raises(SystemExit):
+        mc.parse_args(["--precision", "fp16"])
+
+
+def test_changed_recipe_setting_is_refused(tmp_path):
+    args = mc.parse_args(["--work_dir", str(tmp_path)])
+    path = str(tmp_path / "settings.json")
+    mc.check_settings(path, mc.settings_for(args, "squad_qg", "/ckpt"))
+    mc.check_settings(path, mc.settings_for(args, "squad_qg", "/ckpt"))  # same settings: fine
+    changed = mc.parse_args(["--work_dir", str(tmp_path), "--detokenize", "text"])
+    with pytest.raises(SystemExit, match="detokenize: ptb -> text"):
+        mc.check_settings(path, mc.settings_for(changed, "squad_qg", "/ckpt"))
+
+
+def write_dev(path):
+    rows = [("s1", "q1"), ("s2", "q2"), ("s1", "q3"), ("s3", "q4"), ("s2", "q5")]
+    path.write_text("".join(json.dumps({"src": s, "tgt": t}) + "\n" for s, t in rows) + "\n")
+
+
+def test_write_eval_file_grouped_and_plain(tmp_path):
+    dev = tmp_path / "dev.jsonl"
+    write_dev(dev)
+    grouped = tmp_path / mc.eval_file_name(0, True)
+    assert grouped.name == "eval.grouped.all.jsonl"
+    assert mc.write_eval_file(str(dev), str(grouped), 0, True) == 3
+    records = [json.loads(line) for line in grouped.read_text().splitlines()]
+    assert records == [{"src": "s1", "tgt": "q1", "refs": ["q1", "q3"]},
+                       {"src": "s2", "tgt": "q2", "refs": ["q2", "q5"]}, {"src": "s3", "tgt": "q4", "refs": ["q4"]}]
+    first2 = tmp_path / mc.eval_file_name(2, True)
+    assert first2.name == "eval.grouped.first2.jsonl"
+    assert mc.write_eval_file(str(dev), str(first2), 2, True) == 2
+    assert [json.loads(line)["src"] for line in first2.read_text().splitlines()] == ["s1", "s2"]
+    plain = tmp_path / mc.eval_file_name(4, False)
+    assert plain.name == "eval.first4.jsonl"
+    assert mc.write_eval_file(str(dev), str(plain), 4, False) == 4
+    assert [json.loads(line)["tgt"] for line in plain.read_text().splitlines()] == ["q1", "q2", "q3", "q4"]
+    assert mc.write_eval_file(str(tmp_path / "missing.jsonl"), str(plain), 4, False) == 4  # written once, kept
+
+
+def test_with_output_checks_adds_fractions(tmp_path):
+    dev = tmp_path / "eval.jsonl"
+    dev.write_text("".join(json.dumps({"src": s, "tgt": "q"}) + "\n" for s in
+                           ["denver broncos won super bowl 50", "the game was played in santa clara", "beyonce sang"]))
+    pred = tmp_path / "pred.txt"
+    pred.write_text("what team won super bowl 50 ?\nin what year was the name ?\nin what year was the name ?\n")
+    scores = mc.with_output_checks({"bleu": 1.0, "n": 3}, str(pred), str(dev))
+    assert scores == {"bleu": 1.0, "n": 3, "distinct": round(2 / 3, 4), "source_overlap": round(1 / 3, 4)}
+    pred.write_text("one line\n")
+    with pytest.raises(SystemExit):
+        mc.with_output_checks({}, str(pred), str(dev))
+
+
+def test_table_heading_says_grouped_references():
+    s = {"steps": 2800, "max_tokens": 2400, "batch_size": 16, "lr": 5e-4, "warmup_steps": 196, "precision": "bf16",
+         "max_source_len": 96, "max_target_len": 32, "beam_size": 5, "length_penalty": 2.0, "min_len": 6,
+         "no_repeat_ngram": 3, "detokenize": "ptb", "grouped_eval": True}
+    text = mc.table_heading("squad_qg", s, {"causal": {1: {"n": 6795}}})
+    assert text.startswith("### squad_qg: 2800 steps x <= 2400 tokens, lr 0.0005 (warmup 196), bf16")
+    assert "no repeated 3-gram" in text and text.endswith("6,795 distinct dev sentences, all their questions as "
+                                                          "references")
+
+
+def test_hf_head_as_identity():
+    transformers = pytest.importorskip("transformers")
+    import torch
+    hf = load_script("experiments", "hf_bert2bert")
+    config = transformers.BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=16, is_decoder=True)
+    torch.manual_seed(0)
+    decoder = transformers.BertLMHeadModel(config)
+    with torch.no_grad():
+        decoder.bert.encoder.layer[-1].output.LayerNorm.weight.uniform_(0.5, 1.5)
+    hf.head_as_identity(decoder)
+    head = decoder.cls.predictions
+    assert torch.equal(head.transform.dense.weight, torch.eye(8))
+    assert not head.transform.dense.bias.any() and not head.bias.any()
+    assert torch.equal(head.transform.LayerNorm.weight, decoder.bert.encoder.layer[-1].output.LayerNorm.weight)
 
 
 def test_output_diagnostics_count_distinct_outputs_and_source_words():
