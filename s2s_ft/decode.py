@@ -58,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_precision_flags(add)
     add("--no_cache", action="store_true", help="reference path: recompute the whole sequence every step")
     add("--nbest", type=int, default=1)
+    add("--do_sample", action="store_true", help="sample instead of searching (needs --beam_size 1)")
+    add("--top_k", type=int, default=0, help="with --do_sample: sample among the k most likely tokens (0: all)")
+    add("--top_p", type=float, default=1.0, help="with --do_sample: nucleus, smallest set with probability >= p")
+    add("--temperature", type=float, default=1.0, help="with --do_sample: divides the log-probs (> 0)")
+    add("--num_return_sequences", type=int, default=1,
+        help="with --do_sample: samples per input (> 1 needs --output_format jsonl)")
+    add("--seed", type=int, default=0,
+        help="with --do_sample: samples are seeded from (seed, input line, sample index), independent of the "
+             "batch size and process count")
     add("--output_format", default="text", choices=("text", "jsonl"))
     add_detokenize_flag(add, DETOKENIZE_HELP)
     add("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if there is a GPU)")
@@ -87,6 +96,9 @@ def check_decode_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--nbest {args.nbest} exceeds --beam_size {args.beam_size}")
     if args.nbest > 1 and args.output_format != "jsonl":
         raise UsageError("--nbest > 1 needs --output_format jsonl")
+    search_config(args, max_tgt_length=1).check()
+    if args.num_return_sequences > 1 and args.output_format != "jsonl":
+        raise UsageError("--num_return_sequences > 1 needs --output_format jsonl")
     args.precision = resolve_precision(args.precision, args.fp16)
     if args.device is not None:
         try:
@@ -140,10 +152,7 @@ def decode_checkpoint(args: argparse.Namespace, path: str, sources: list, number
         raise UsageError(f"--min_len {args.min_len} exceeds the target length {max_tgt}")
     ids = source_ids(args, loaded, sources, numbers, max_tgt)
     ignore = forbid_ignore_ids(loaded.tokenizer, args.forbid_ignore_word, path)
-    config = SearchConfig(beam_size=args.beam_size, max_tgt_length=max_tgt, min_len=args.min_len,
-                          length_penalty=args.length_penalty, forbid_duplicate_ngrams=args.forbid_duplicate_ngrams,
-                          ngram_size=args.ngram_size, forbid_ignore_ids=ignore, nbest=args.nbest,
-                          use_cache=not args.no_cache)
+    config = search_config(args, max_tgt, ignore)
 
     def render(hyps) -> str:
         if args.output_format == "text":
@@ -156,7 +165,8 @@ def decode_checkpoint(args: argparse.Namespace, path: str, sources: list, number
         empty ("" / no hyps)."""
         chosen = [i for i in range(start, end) if ids[i] is not None]
         hyps = loaded.decode_ids([ids[i] for i in chosen], config, args.batch_size,
-                                 progress=world.is_main and not args.resume, shard=(world.rank, world.size))
+                                 progress=world.is_main and not args.resume, shard=(world.rank, world.size),
+                                 keys=chosen)  # input line positions: samples do not depend on --resume chunks
         # Each rank renders its own lines (detokenising is work too) and sends only those to rank 0.
         shares = world.gather_to_main({i: render(h) for i, h in zip(chosen, hyps) if h is not None})
         if not world.is_main:
@@ -173,6 +183,16 @@ def decode_checkpoint(args: argparse.Namespace, path: str, sources: list, number
         if world.is_main:
             write_lines_atomic(output, lines)
     log.info("wrote %d lines to %s", len(sources), output)
+
+
+def search_config(args: argparse.Namespace, max_tgt_length: int, ignore=()) -> SearchConfig:
+    """The search settings of the flags."""
+    return SearchConfig(beam_size=args.beam_size, max_tgt_length=max_tgt_length, min_len=args.min_len,
+                        length_penalty=args.length_penalty, forbid_duplicate_ngrams=args.forbid_duplicate_ngrams,
+                        ngram_size=args.ngram_size, forbid_ignore_ids=ignore, nbest=args.nbest,
+                        use_cache=not args.no_cache, do_sample=args.do_sample, top_k=args.top_k, top_p=args.top_p,
+                        temperature=args.temperature, num_return_sequences=args.num_return_sequences,
+                        seed=args.seed)
 
 
 def source_ids(args: argparse.Namespace, loaded: LoadedDecoder, sources: list, numbers: list[int],

@@ -23,14 +23,30 @@ of the next k live beams. At ``max_tgt_length`` every candidate ranked among the
 fairseq's rule and HF's ``early_stopping=True``): with a length penalty (alpha > 0) a live beam could still have
 finished later with a better normalised score; like fairseq we do not wait for it. A sentence whose candidates
 are all banned (min_len, n-gram blocking, layout tokens) stops with what it has, possibly nothing.
+
+Sampling (``do_sample``) runs on the same cached step (``_log_probs``: the same constraints) with
+``num_return_sequences`` independent rows per sentence. Each step's constrained log-probs are divided by
+``temperature``, cut to the ``top_k`` most likely tokens and to the smallest nucleus whose probability reaches
+``top_p``, renormalised, and one token is drawn by inverse CDF (float64, on the host) with a uniform number from the
+row's own ``torch.Generator``, seeded from (``seed``, the sentence's key, the row's index j). A row therefore draws
+the same numbers whatever else is in the batch. Guaranteed: the same seed, checkpoint, settings, device and
+precision give the same samples, run after run. Batch size, sharding (torchrun) and --resume chunks do not change a
+sentence's random numbers; they can change its log-probs in the last bits (padding, batched kernels), which changes
+a sampled token only if a draw falls within that rounding of a CDF boundary (in practice never; scores can differ
+in their last digits).
+A row ends at [SEP] (``finished``) or at ``max_tgt_length`` (not finished); a row whose every token is banned
+yields no hypothesis. ``score``/``log_prob`` are those of the model's constrained (unfiltered, temperature 1)
+distribution, as in beam search. Hypotheses are returned in row order j (not sorted).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
 
+from .errors import UsageError
 from .methods import get_method
 from .model import KVCache, UnifiedTransformer
 from .packing import SpecialIds, decoding_prefix
@@ -47,6 +63,31 @@ class SearchConfig:
     forbid_ignore_ids: Sequence[int] = ()  # n-grams containing these ids are never blocked
     nbest: int = 1
     use_cache: bool = True
+    do_sample: bool = False
+    top_k: int = 0  # 0: no top-k cut
+    top_p: float = 1.0  # 1: no nucleus cut
+    temperature: float = 1.0
+    num_return_sequences: int = 1  # samples per sentence (do_sample only)
+    seed: int = 0
+
+    def check(self) -> None:
+        """UsageError (one line) for contradictory sampling settings."""
+        if self.top_k < 0:
+            raise UsageError(f"--top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise UsageError(f"--top_p must be in (0, 1], got {self.top_p}")
+        if not self.temperature > 0.0:
+            raise UsageError(f"--temperature must be > 0, got {self.temperature}")
+        if self.num_return_sequences < 1:
+            raise UsageError(f"--num_return_sequences must be >= 1, got {self.num_return_sequences}")
+        if self.do_sample and self.beam_size > 1:
+            raise UsageError(f"--do_sample samples one token per row; it cannot be combined with --beam_size "
+                             f"{self.beam_size} (use --num_return_sequences for several samples)")
+        if not self.do_sample:
+            changed = [name for name, default in (("top_k", 0), ("top_p", 1.0), ("temperature", 1.0),
+                                                  ("num_return_sequences", 1)) if getattr(self, name) != default]
+            if changed:
+                raise UsageError(f"--{changed[0]} needs --do_sample")
 
 
 @dataclass
@@ -132,9 +173,10 @@ class Seq2SeqDecoder:
 
     # -- search ----------------------------------------------------------------------------------------------------
     def _start(self, sources: Sequence[Sequence[int]], config: SearchConfig) -> tuple[_Rows, Optional[KVCache], int]:
-        """k rows per source (beam 0 live, the others at -inf), the source encoded into the cache once (or kept as
-        the no-cache path's history); returns (rows, cache, padded source width)."""
-        k, n = config.beam_size, len(sources)
+        """k rows per source (beam 0 live, the others at -inf; sampling: num_return_sequences rows, all live), the
+        source encoded into the cache once (or kept as the no-cache path's history); returns (rows, cache, padded
+        source width)."""
+        k, n = (config.num_return_sequences if config.do_sample else config.beam_size), len(sources)
         prefix = decoding_prefix(sources, self.special).to(self.device)
         inputs = prefix.model_inputs()
         source_width = prefix.input_ids.shape[1]
@@ -149,7 +191,8 @@ class Seq2SeqDecoder:
         rows = _Rows(sentence=expand.clone(), source_length=(prefix.key_rank == 0).sum(1)[expand],
                      tokens=torch.zeros(n * k, 0, dtype=torch.long, device=self.device),
                      scores=torch.zeros(n, k, device=self.device).index_fill_(
-                         1, torch.arange(1, k, device=self.device), float("-inf")).view(-1))
+                         1, torch.arange(1 if not config.do_sample else k, k, device=self.device),
+                         float("-inf")).view(-1))
         if cache is not None:
             cache.reorder(expand)
         else:
@@ -219,13 +262,19 @@ class Seq2SeqDecoder:
         return kept
 
     @torch.inference_mode()
-    def generate(self, sources: Sequence[Sequence[int]], config: SearchConfig) -> list[list[Hypothesis]]:
-        """Best ``config.nbest`` hypotheses per source, best first; sources are token ids without specials."""
+    def generate(self, sources: Sequence[Sequence[int]], config: SearchConfig,
+                 keys: Optional[Sequence[int]] = None) -> list[list[Hypothesis]]:
+        """Best ``config.nbest`` hypotheses per source, best first; sources are token ids without specials.
+        With ``config.do_sample``: ``num_return_sequences`` samples per source in row order; ``keys`` (default
+        0..n-1) name the sentences for the seeds (pass input positions to make samples batch-independent)."""
+        config.check()
         rows, cache, source_width = self._start(sources, config)
         sp = self.special
         ignore_ids = torch.tensor(list(config.forbid_ignore_ids), dtype=torch.long, device=self.device)
         # Layout tokens are never output (s2s-ft forbids them too); [SEP] ends a hypothesis instead.
         never_generated = torch.tensor(sorted({sp.cls, sp.pad, sp.mask} - {sp.sep}), device=self.device)
+        if config.do_sample:
+            return self._sample(sources, config, keys, rows, cache, never_generated, ignore_ids)
         finished: list[list[Hypothesis]] = [[] for _ in sources]
         for step in range(config.max_tgt_length):
             log_probs = self._log_probs(rows, step, cache, config, never_generated, ignore_ids)
@@ -248,3 +297,91 @@ class Seq2SeqDecoder:
             hyps.sort(key=lambda h: h.score, reverse=True)
             results.append(hyps[:config.nbest])
         return results
+
+    # -- sampling --------------------------------------------------------------------------------------------------
+    def _sample(self, sources, config: SearchConfig, keys, rows: _Rows, cache: Optional[KVCache],
+                never_generated: torch.Tensor, ignore_ids: torch.Tensor) -> list[list[Hypothesis]]:
+        m = config.num_return_sequences
+        keys = list(range(len(sources))) if keys is None else list(keys)
+        generators = [row_generator(config.seed, keys[i // m], i % m) for i in range(len(sources) * m)]
+        slot = list(range(len(sources) * m))  # each live row's (sentence * m + j)
+        found: list[Optional[Hypothesis]] = [None] * (len(sources) * m)
+        for step in range(config.max_tgt_length):
+            log_probs = self._log_probs(rows, step, cache, config, never_generated, ignore_ids)
+            tokens = sample_tokens(sampling_log_probs(log_probs, config), generators)
+            last = step + 1 == config.max_tgt_length
+            keep = []
+            token_list, scores_h = tokens.tolist(), rows.scores.tolist()
+            chosen = log_probs.gather(1, tokens.clamp(min=0).to(log_probs.device)[:, None])[:, 0].tolist()
+            for r, t in enumerate(token_list):
+                if t < 0:  # every token banned: the row ends without a hypothesis
+                    continue
+                score = scores_h[r] + chosen[r]
+                if t == self.special.sep or last:
+                    ids = rows.tokens[r].tolist() + ([] if t == self.special.sep else [t])
+                    length = len(ids) + 1 if t == self.special.sep else len(ids)
+                    found[slot[r]] = Hypothesis(ids, score / gnmt_length_penalty(length, config.length_penalty),
+                                                score, finished=t == self.special.sep)
+                else:
+                    keep.append((r, t, score))
+            if not keep:
+                break
+            keep_rows = [r for r, _, _ in keep]
+            index = torch.tensor(keep_rows, device=self.device)
+            if len(keep_rows) != rows.tokens.shape[0]:  # rows only ever leave; the live ones never move
+                rows = rows.select(index)
+                if cache is not None:
+                    cache.reorder(index)
+                generators = [generators[r] for r in keep_rows]
+                slot = [slot[r] for r in keep_rows]
+            rows.tokens = torch.cat([rows.tokens, torch.tensor([t for _, t, _ in keep], device=self.device)[:, None]],
+                                    1)
+            rows.scores = torch.tensor([s for _, _, s in keep], device=self.device, dtype=rows.scores.dtype)
+        return [[h for h in found[i * m:(i + 1) * m] if h is not None] for i in range(len(sources))]
+
+
+def row_generator(seed: int, key: int, j: int) -> torch.Generator:
+    """A host generator seeded from (seed, sentence key, row j) only: its draws do not depend on the batch."""
+    digest = hashlib.sha256(f"{seed}/{key}/{j}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def sampling_log_probs(log_probs: torch.Tensor, config: SearchConfig) -> torch.Tensor:
+    """[R, V] log-probs of the distribution sampled from: temperature, then top-k, then top-p (smallest nucleus
+    whose probability reaches top_p; its last token is the one that reaches it), renormalised; rows whose every
+    token is banned stay all -inf."""
+    logits = log_probs.double() / config.temperature
+    vocab = logits.shape[-1]
+    if config.top_k and config.top_k < vocab:
+        kth = logits.topk(config.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    dead = torch.isneginf(logits).all(-1, keepdim=True)
+    logits = logits.masked_fill(dead, 0.0)  # no NaN from an all -inf softmax; restored below
+    if config.top_p < 1.0:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        before = probs.cumsum(-1) - probs  # probability of the more likely tokens
+        drop_sorted = before >= config.top_p
+        drop_sorted[:, 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits.log_softmax(-1).masked_fill(dead, float("-inf"))
+
+
+def sample_tokens(log_probs: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """[R] one token per row by inverse CDF with the row's generator (-1 for a row with no allowed token)."""
+    probs = log_probs.exp().cpu()
+    cumulative = probs.cumsum(-1)
+    tokens = []
+    for r, generator in enumerate(generators):
+        total = float(cumulative[r, -1])
+        u = float(torch.rand((), generator=generator, dtype=torch.float64))
+        if not total > 0:
+            tokens.append(-1)
+            continue
+        t = int(torch.searchsorted(cumulative[r], torch.tensor([u * total], dtype=torch.float64), right=True))
+        t = min(t, probs.shape[-1] - 1)
+        while probs[r, t] == 0:  # rounding at the top end: step back to the last allowed token
+            t -= 1
+        tokens.append(t)
+    return torch.tensor(tokens, dtype=torch.long)

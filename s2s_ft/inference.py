@@ -63,21 +63,29 @@ class LoadedDecoder:
                              f"target tokens needs {needed} positions; the checkpoint has {usable} ({remedy})")
 
     def decode_ids(self, sources: Sequence[Sequence[int]], config: SearchConfig, batch_size: int = 32,
-                   progress: bool = False, shard: tuple[int, int] = (0, 1)) -> list[Optional[list[Hypothesis]]]:
+                   progress: bool = False, shard: tuple[int, int] = (0, 1),
+                   keys: Optional[Sequence[int]] = None) -> list[Optional[list[Hypothesis]]]:
         """Hypotheses per source in input order; batches are formed from length-sorted sources.
+
+        With ``config.do_sample`` each source's samples are seeded from (``config.seed``, its key, the sample's
+        index): ``keys`` default to the positions 0..n-1 in ``sources``, so the samples do not depend on
+        ``batch_size`` or ``shard`` (see s2s_ft/decoding.py for what is guaranteed).
 
         ``shard=(rank, world)`` decodes only batches rank, rank + world, ... (the other entries stay None). The
         batches are cut before sharding, so every batch is exactly what a single process decodes: the ranks'
         results together are a single process's results, bit for bit.
         """
+        config.check()
         self.check_position_budget(sources, config.max_tgt_length)
+        keys = list(range(len(sources))) if keys is None else list(keys)
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
         batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
         mine = batches[shard[0]::shard[1]]
         results: list[Optional[list[Hypothesis]]] = [None] * len(sources)
         bar = tqdm(total=sum(map(len, mine)), desc="decode", disable=not progress or None)
         for chunk in mine:
-            for index, hyps in zip(chunk, self.decoder.generate([sources[i] for i in chunk], config)):
+            for index, hyps in zip(chunk, self.decoder.generate([sources[i] for i in chunk], config,
+                                                                        [keys[i] for i in chunk])):
                 results[index] = hyps
             bar.update(len(chunk))
         bar.close()
@@ -88,6 +96,8 @@ class LoadedDecoder:
         return results
 
     def decode_texts(self, sources: Sequence, batch_size: int = 32, **search) -> list[str]:
+        """The best hypothesis of each source (sampling: the first sample) as text; ``search`` are SearchConfig
+        fields, e.g. ``beam_size=5`` or ``do_sample=True, top_p=0.9, temperature=0.8, seed=1``."""
         ids, _ = self.source_ids(sources)
         config = SearchConfig(max_tgt_length=search.pop("max_tgt_length", self.settings["max_target_seq_length"]),
                               **search)
