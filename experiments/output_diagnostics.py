@@ -28,10 +28,14 @@ def content_words(text: str) -> set:
     return set(text.lower().split()) - FUNCTION_WORDS
 
 
+def shares_source_word(outputs: list, sources: list) -> float:
+    """The fraction of outputs with a content word in common with their own source."""
+    return sum(bool(content_words(out) & content_words(src)) for out, src in zip(outputs, sources)) / len(outputs)
+
+
 def diagnostics(outputs: list, sources: list) -> dict:
-    overlap = sum(bool(content_words(out) & content_words(src)) for out, src in zip(outputs, sources))
     return {"distinct": len(set(outputs)), "mean_words": statistics.fmean(len(o.split()) for o in outputs),
-            "shares_source_word": 100.0 * overlap / len(outputs)}
+            "shares_source_word": 100.0 * shares_source_word(outputs, sources)}
 
 
 def main(argv=None) -> None:

@@ -14,7 +14,7 @@ all its questions, ``tgt`` the first), the file that ``decode_seq2seq.py`` and `
 during training). ``score`` scores the predictions (BLEU-4 as QG papers compute it, METEOR, ROUGE-L, sacreBLEU)
 and, on the same references with the same scorer, two trivial baselines (copy the source sentence; "what is" +
 its first six words + "?"), plus two checks that a model reads its source: the fraction of distinct predictions
-and the fraction that shares a content word with their source (``output_diagnostics.content_words``).
+and the fraction that shares a content word with their source (``output_diagnostics.shares_source_word``).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for s2s_ft
 
-from output_diagnostics import content_words  # noqa: E402  (this folder is on sys.path when run as a script)
+from output_diagnostics import shares_source_word  # noqa: E402  (this folder is on sys.path when run as a script)
 from s2s_ft.data import DataError  # noqa: E402
 from s2s_ft.metrics import read_dev_examples, read_hypotheses, score  # noqa: E402
 from s2s_ft.fileio import write_atomic  # noqa: E402
@@ -59,8 +59,7 @@ def baselines(sources: list[str]) -> dict[str, list[str]]:
 
 def output_checks(outputs: list[str], sources: list[str]) -> dict:
     """Fractions: distinct outputs, and outputs sharing a content word with their own source."""
-    shared = sum(bool(content_words(out) & content_words(src)) for out, src in zip(outputs, sources))
-    return {"distinct": len(set(outputs)) / len(outputs), "source_overlap": shared / len(outputs)}
+    return {"distinct": len(set(outputs)) / len(outputs), "source_overlap": shares_source_word(outputs, sources)}
 
 
 def scores_of(outputs: list[str], sources: list[str], refs: list[list[str]]) -> dict:

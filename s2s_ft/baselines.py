@@ -23,7 +23,7 @@ import re
 from collections import Counter
 from typing import Dict, List, Sequence
 
-from .data import DataError, iter_jsonl
+from .data import DataError, check_side, iter_jsonl
 from .metrics import METRIC_KEYS, METRICS, join_pieces, metric_family, read_dev_examples, score
 from .fileio import write_atomic
 
@@ -64,18 +64,11 @@ def baselines(train_targets: Sequence[str], sources: Sequence[str], refs: Sequen
 
 
 def training_targets(path: str) -> List[str]:
-    targets = []
-    for number, record in iter_jsonl(path):
-        target = record.get("tgt")
-        if isinstance(target, list):
-            target = join_pieces(target)
-        if not isinstance(target, str):
-            raise DataError(f"{path}:{number}: \"tgt\" must be a string or a list of word pieces")
-        targets.append(target)
-    return targets
+    targets = [check_side(path, number, record, "tgt") for number, record in iter_jsonl(path)]
+    return [t if isinstance(t, str) else join_pieces(t) for t in targets]
 
 
-def format_rows(rows: Dict[str, dict], metrics: Sequence[str]) -> str:
+def format_rows(rows: Dict[str, dict]) -> str:
     keys = [k for k in next(iter(rows.values())) if k not in ("output", "n")]
     lines = [f"{'baseline':10s} " + " ".join(f"{k:>9s}" for k in keys) + "  example output"]
     for name, row in rows.items():
@@ -101,7 +94,7 @@ def main(argv=None) -> int:
         rows = baselines(training_targets(args.train), sources, refs, args.metric, metrics)
     except (DataError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
-    print(format_rows(rows, metrics))
+    print(format_rows(rows))
     if args.json:
         write_atomic(args.json, json.dumps(rows, indent=2) + "\n")
     return 0
