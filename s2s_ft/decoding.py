@@ -172,10 +172,9 @@ class Seq2SeqDecoder:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     # -- search ----------------------------------------------------------------------------------------------------
-    def _start(self, sources: Sequence[Sequence[int]], config: SearchConfig) -> tuple[_Rows, Optional[KVCache], int]:
+    def _start(self, sources: Sequence[Sequence[int]], config: SearchConfig) -> tuple[_Rows, Optional[KVCache]]:
         """k rows per source (beam 0 live, the others at -inf; sampling: num_return_sequences rows, all live), the
-        source encoded into the cache once (or kept as the no-cache path's history); returns (rows, cache, padded
-        source width)."""
+        source encoded into the cache once (or kept as the no-cache path's history); returns (rows, cache)."""
         k, n = (config.num_return_sequences if config.do_sample else config.beam_size), len(sources)
         prefix = decoding_prefix(sources, self.special).to(self.device)
         inputs = prefix.model_inputs()
@@ -193,11 +192,13 @@ class Seq2SeqDecoder:
                      scores=torch.zeros(n, k, device=self.device).index_fill_(
                          1, torch.arange(1 if not config.do_sample else k, k, device=self.device),
                          float("-inf")).view(-1))
-        if cache is not None:
-            cache.reorder(expand)
+        if cache is not None and config.do_sample:
+            cache.reorder(expand)  # samples leave one by one: each row keeps its own copy of the source
+        elif cache is not None:
+            cache.share_source(k)  # beams leave with their sentence: its k rows share one copy of the source
         else:
             rows.history = {name: value[expand] for name, value in inputs.items()}
-        return rows, cache, source_width
+        return rows, cache
 
     def _log_probs(self, rows: _Rows, step: int, cache: Optional[KVCache], config: SearchConfig,
                    never_generated: torch.Tensor, ignore_ids: torch.Tensor) -> torch.Tensor:
@@ -268,7 +269,7 @@ class Seq2SeqDecoder:
         With ``config.do_sample``: ``num_return_sequences`` samples per source in row order; ``keys`` (default
         0..n-1) name the sentences for the seeds (pass input positions to make samples batch-independent)."""
         config.check()
-        rows, cache, source_width = self._start(sources, config)
+        rows, cache = self._start(sources, config)
         sp = self.special
         ignore_ids = torch.tensor(list(config.forbid_ignore_ids), dtype=torch.long, device=self.device)
         # Layout tokens are never output (s2s-ft forbids them too); [SEP] ends a hypothesis instead.
@@ -289,8 +290,7 @@ class Seq2SeqDecoder:
                                     1)
             rows.scores = torch.tensor([score for _, _, score in kept], device=self.device, dtype=rows.scores.dtype)
             if cache is not None and not unmoved:  # greedy: usually nothing moves
-                # Beams only ever move within their sentence, whose source part of the cache they all share.
-                cache.reorder(index, shared_prefix=source_width)
+                cache.reorder(index)  # copies the target rows of the beams that moved, never the source
 
         results = []
         for hyps in finished:

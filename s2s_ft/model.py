@@ -98,6 +98,12 @@ def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int, 
 # Key/value cache for incremental decoding. Pre-allocated for the longest sequence so a step never concatenates
 # the history: a forward writes its new tokens at [length, length + n_new) and only the first ``n_store`` of them
 # are kept (the rest, e.g. the [MASK] that predicts the next token, are overwritten by the next step).
+#
+# Beam search keeps k rows (beams) per sentence that differ only in their target tokens. After the source is
+# encoded, ``share_source(k)`` freezes it as a *source block*, one row per sentence, and later tokens go to a
+# *target block*, one row per beam (rows b*k .. b*k + k-1 are sentence b's beams). Attention then reads each
+# sentence's source keys and values once for its k beams (``shared_source_attention``) instead of once per beam,
+# and a beam reorder copies target rows only.
 # --------------------------------------------------------------------------------------------------------------
 class KVCache:
     def __init__(self, config: ModelConfig, batch_size: int, max_length: int,
@@ -109,25 +115,49 @@ class KVCache:
         self.positions = torch.zeros((batch_size, max_length), device=device, dtype=torch.long)
         self.length = 0
         self.max_length = max_length
+        # After share_source: rows per source row, and the source block (keys, values, key_rank, positions).
+        self.group = 0
+        self.source: tuple[torch.Tensor, ...] = ()
 
-    def reorder(self, index: torch.Tensor, shared_prefix: int = 0) -> None:
+    def share_source(self, group: int) -> None:
+        """The tokens cached so far become the source block shared by ``group`` consecutive rows each; the rest of
+        the capacity becomes the (empty) target block, ``group`` rows per source row."""
+        length, rows = self.length, self.keys.shape[1] * group
+        self.source = (self.keys[:, :, :, :length].contiguous(), self.values[:, :, :, :length].contiguous(),
+                       self.key_rank[:, :length].contiguous(), self.positions[:, :length].contiguous())
+        layers, _, heads, capacity, head_dim = self.keys.shape
+        shape = (layers, rows, heads, capacity - length, head_dim)
+        self.keys = self.keys.new_zeros(shape)
+        self.values = self.values.new_zeros(shape)
+        self.key_rank = self.key_rank.new_full((rows, capacity - length), NEVER_VISIBLE)
+        self.positions = self.positions.new_zeros((rows, capacity - length))
+        self.length, self.max_length, self.group = 0, capacity - length, group
+
+    def reorder(self, index: torch.Tensor) -> None:
         """Row i becomes row ``index[i]`` (beam search following its surviving beams).
 
-        ``shared_prefix``: the first cached tokens are known to be identical in every row that ``index`` maps
-        between (a sentence's source, shared by all its beams), so a same-size reorder copies only the rest.
-        A smaller ``index`` (finished sentences leave the batch) selects whole rows into new, smaller tensors.
+        A same-size ``index`` copies only the rows that moved (and never the shared source block); a smaller one
+        (finished sentences leave the batch; with a shared source, whole sentences: ``group`` rows each) selects
+        rows into new, smaller tensors.
         """
         if index.numel() == self.keys.shape[1]:
-            start, end = min(shared_prefix, self.length), self.length
-            for table in (self.keys, self.values):
-                table[:, :, :, start:end] = table[:, index, :, start:end]
-            for table in (self.key_rank, self.positions):
-                table[:, start:end] = table[index, start:end]
-        else:
-            self.keys = self.keys.index_select(1, index)
-            self.values = self.values.index_select(1, index)
-            self.key_rank = self.key_rank.index_select(0, index)
-            self.positions = self.positions.index_select(0, index)
+            moved = (index != torch.arange(index.numel(), device=index.device)).nonzero().squeeze(1)
+            if moved.numel():
+                source, end = index[moved], self.length
+                for table in (self.keys, self.values):
+                    table[:, moved, :, :end] = table[:, source, :, :end]
+                for table in (self.key_rank, self.positions):
+                    table[moved, :end] = table[source, :end]
+            return
+        self.keys = self.keys.index_select(1, index)
+        self.values = self.values.index_select(1, index)
+        self.key_rank = self.key_rank.index_select(0, index)
+        self.positions = self.positions.index_select(0, index)
+        if self.group:
+            sentences = index[::self.group] // self.group
+            keys, values, key_rank, positions = self.source
+            self.source = (keys.index_select(1, sentences), values.index_select(1, sentences),
+                           key_rank.index_select(0, sentences), positions.index_select(0, sentences))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -150,6 +180,35 @@ def activation(name: str):
     return _ACTIVATIONS[name]
 
 
+def _masked(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Scores with an ``attn_mask`` applied as F.scaled_dot_product_attention applies it (bool: False is -inf)."""
+    if mask is None:
+        return scores
+    return scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+
+
+def shared_source_attention(q: torch.Tensor, source_k: torch.Tensor, source_v: torch.Tensor, target_k: torch.Tensor,
+                            target_v: torch.Tensor, masks: tuple, group: int) -> torch.Tensor:
+    """Softmax attention of queries [R, H, n, d] over their sentence's source block [R / group, H, S, d] and
+    their own row's target block [R, H, T, d] together: one softmax over the S + T scores, as if both blocks were
+    one sequence. The ``group`` rows of a sentence (its beams) meet the source in one matmul, their queries
+    stacked [R / group, H, group * n, d], so the source is read once per sentence instead of once per beam.
+    ``masks``: (source mask over the stacked queries, target mask), each as ``_attention_mask`` builds them."""
+    rows, heads, n, head_dim = q.shape
+    sentences, source_length = rows // group, source_k.shape[2]
+    q = q * head_dim ** -0.5
+    stacked = q.view(sentences, group, heads, n, head_dim).transpose(1, 2).reshape(sentences, heads, group * n,
+                                                                                     head_dim)
+    source_scores = _masked(stacked @ source_k.transpose(-1, -2), masks[0])  # [B, H, group * n, S]
+    source_scores = source_scores.view(sentences, heads, group, n, source_length).transpose(1, 2)
+    target_scores = _masked(q @ target_k.transpose(-1, -2), masks[1])  # [R, H, n, T]
+    probs = torch.softmax(torch.cat([source_scores.reshape(rows, heads, n, source_length), target_scores], -1), -1)
+    source_probs = probs[..., :source_length].reshape(sentences, group, heads, n, source_length)
+    from_source = source_probs.transpose(1, 2).reshape(sentences, heads, group * n, source_length) @ source_v
+    from_source = from_source.view(sentences, heads, group, n, head_dim).transpose(1, 2).reshape(q.shape)
+    return from_source + probs[..., source_length:] @ target_v
+
+
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -158,7 +217,7 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: Optional[KVCache], layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask, cache: Optional[KVCache], layer: int) -> torch.Tensor:
         b, n, h = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_head, h // self.n_head).permute(2, 0, 3, 1, 4)
         if cache is not None:
@@ -166,8 +225,13 @@ class SelfAttention(nn.Module):
             cache.keys[layer, :, :, start:end] = k
             cache.values[layer, :, :, start:end] = v
             k, v = cache.keys[layer, :, :, :end], cache.values[layer, :, :, :end]
-        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
-                                           dropout_p=self.dropout_p if self.training else 0.0)
+        if cache is not None and cache.group:  # beam search: ``mask`` is (source mask, target mask)
+            source_k, source_v = cache.source[0][layer], cache.source[1][layer]
+            y = shared_source_attention(q, source_k.to(q.dtype), source_v.to(q.dtype), k.to(q.dtype),
+                                        v.to(q.dtype), mask, cache.group)
+        else:
+            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
+                                               dropout_p=self.dropout_p if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(b, n, h))
 
 
@@ -313,6 +377,13 @@ class UnifiedTransformer(nn.Module):
             key_rank_all, key_positions = cache.key_rank[:, :end], cache.positions[:, :end]
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         mask = self._attention_mask(key_rank_all, query_rank, key_positions, position_ids, offset, dtype)
+        if cache is not None and cache.group:
+            # The source block's mask, for the queries of each sentence's rows stacked (none of them is a source
+            # token, hence the offset past the source).
+            sentences, stacked = input_ids.shape[0] // cache.group, cache.group * n_new
+            _, _, source_rank, source_positions = cache.source
+            mask = (self._attention_mask(source_rank, query_rank.reshape(sentences, stacked), source_positions,
+                                         position_ids.reshape(sentences, stacked), source_rank.shape[1], dtype), mask)
         for index, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training and cache is None:
                 # Non-reentrant: works with inputs that need no grad and replays the layer's dropout RNG exactly.

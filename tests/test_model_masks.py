@@ -387,18 +387,32 @@ def test_overfit_eight_pairs(method):
 
 @pytest.mark.parametrize("mode", ["causal", "pseudo"])
 def test_kv_cache_reorder_beams_with_shared_source(tiny_model, mode):
-    """Beams of one sentence share the cached source; reorder(shared_prefix=source width) copies only the rest."""
-    beams = [Pair(source=[10, 11, 12], target=[20, 21, 22, 23]), Pair(source=[10, 11, 12], target=[24, 25, 26, 27])]
-    prefix, cache, _ = _encode(tiny_model, beams, 8)
+    """Beams of one sentence share the cached source (share_source): each step equals the full forward of the rows'
+    sequences while beams move within their sentence, the padded source stays invisible, and a sentence leaves."""
+    sources = [[10, 11, 12], [13, 14, 15, 16, 17, 18]]  # unequal lengths: the source block is padded
+    beams = [Pair(sources[0], [20, 21, 22, 23]), Pair(sources[0], [24, 25, 26, 27]),
+             Pair(sources[1], [28, 29, 30, 31]), Pair(sources[1], [32, 33, 34, 35])]
+    prefix, cache, _ = _encode(tiny_model, [Pair(source, []) for source in sources], 8)
+    cache.share_source(2)
     n_store = lambda step: None if mode == "causal" else (0 if step == 0 else 1)
     rows = list(beams)
     for step in range(5):
-        if step == 3:  # beam 1 survives twice, beam 0 dies
-            cache.reorder(torch.tensor([1, 1]), shared_prefix=prefix.input_ids.shape[1])
-            rows = [rows[1], rows[1]]
+        if step == 2:  # sentence 0: beam 1 survives twice, beam 0 dies; sentence 1: its beams swap
+            index = [1, 1, 3, 2]
+        elif step == 4:  # sentence 0 is done and leaves with both its beams
+            index = [2, 3]
+        else:
+            index = None
+        if index is not None:
+            source_block = cache.source[0].clone()
+            cache.reorder(torch.tensor(index))
+            rows = [rows[i] for i in index]
+            kept = source_block if step == 2 else source_block[:, 1:]
+            assert torch.equal(cache.source[0], kept)  # the source block is never copied per beam
         with torch.no_grad():
             out = tiny_model(**_steps_inputs(rows, step, mode), cache=cache, n_store=n_store(step))
         _check_step(_reference(tiny_model, rows, mode), rows, mode, step, out)
+    assert cache.source[0].shape[1] == 1 and cache.keys.shape[1] == 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
