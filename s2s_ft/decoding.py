@@ -160,7 +160,7 @@ class Seq2SeqDecoder:
     def _forward(self, inputs: dict, cache: Optional[KVCache], rows: _Rows, n_store: int) -> torch.Tensor:
         """Hidden state of the last new token (the predictor)."""
         if cache is not None:
-            hidden = self.model(**inputs, cache=cache, n_store=n_store)
+            hidden = self.model(**inputs, cache=cache, n_store=n_store, n_out=1)
         else:
             full = {name: torch.cat([rows.history[name], value], 1) for name, value in inputs.items()}
             hidden = self.model(**full)
