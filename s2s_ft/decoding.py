@@ -173,9 +173,11 @@ class Seq2SeqDecoder:
 
     # -- search ----------------------------------------------------------------------------------------------------
     def _start(self, sources: Sequence[Sequence[int]], config: SearchConfig) -> tuple[_Rows, Optional[KVCache]]:
-        """k rows per source (beam 0 live, the others at -inf; sampling: num_return_sequences rows, all live), the
-        source encoded into the cache once (or kept as the no-cache path's history); returns (rows, cache)."""
-        k, n = (config.num_return_sequences if config.do_sample else config.beam_size), len(sources)
+        """The first rows and the source encoded into the cache once (or kept as the no-cache path's history);
+        returns (rows, cache). Beam search starts with one row per source: its k beams would all be the same
+        until the first step chooses them (so that step computes one row instead of k). Sampling starts with
+        num_return_sequences rows per source, all live."""
+        m, n = (config.num_return_sequences if config.do_sample else 1), len(sources)
         prefix = decoding_prefix(sources, self.special).to(self.device)
         inputs = prefix.model_inputs()
         source_width = prefix.input_ids.shape[1]
@@ -186,16 +188,14 @@ class Seq2SeqDecoder:
                 cache = KVCache(self.model.config, n, source_width + config.max_tgt_length + 1, self.device,
                                 cache_dtype)
                 self.model(**inputs, cache=cache)  # encode the source once
-        expand = torch.arange(n, device=self.device).repeat_interleave(k)
+        expand = torch.arange(n, device=self.device).repeat_interleave(m)
         rows = _Rows(sentence=expand.clone(), source_length=(prefix.key_rank == 0).sum(1)[expand],
-                     tokens=torch.zeros(n * k, 0, dtype=torch.long, device=self.device),
-                     scores=torch.zeros(n, k, device=self.device).index_fill_(
-                         1, torch.arange(1 if not config.do_sample else k, k, device=self.device),
-                         float("-inf")).view(-1))
+                     tokens=torch.zeros(n * m, 0, dtype=torch.long, device=self.device),
+                     scores=torch.zeros(n * m, device=self.device))
         if cache is not None and config.do_sample:
             cache.reorder(expand)  # samples leave one by one: each row keeps its own copy of the source
         elif cache is not None:
-            cache.share_source(k)  # beams leave with their sentence: its k rows share one copy of the source
+            cache.share_source(1)  # beams leave with their sentence: its rows share one copy of the source
         else:
             rows.history = {name: value[expand] for name, value in inputs.items()}
         return rows, cache
@@ -246,20 +246,21 @@ class Seq2SeqDecoder:
         return chosen
 
     def _choose(self, rows: _Rows, log_probs: torch.Tensor, last_step: bool, config: SearchConfig,
-                finished: list[list[Hypothesis]]) -> list[tuple[int, int, float]]:
-        """The (row, token, score) of every live beam after this step, sentence by sentence."""
+                finished: list[list[Hypothesis]], beams: int) -> list[tuple[int, int, float]]:
+        """The (row, token, score) of every live beam after this step, sentence by sentence; ``beams``: rows per
+        sentence now (1 at the first step, then k)."""
         k, vocab = config.beam_size, log_probs.shape[-1]
-        alive = rows.sentence.shape[0] // k
-        candidates = (rows.scores[:, None] + log_probs).view(alive, k * vocab)
-        top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)
+        alive = rows.sentence.shape[0] // beams
+        candidates = (rows.scores[:, None] + log_probs).view(alive, beams * vocab)
+        top_scores, top_index = candidates.topk(min(2 * k, beams * vocab), dim=1)
         beam, token = top_index // vocab, top_index % vocab
-        sentences = rows.sentence.view(alive, k)[:, 0]
+        sentences = rows.sentence.view(alive, beams)[:, 0]
         # Move the small top-k tables to the host once per step: the bookkeeping is per sentence.
         top_scores_h, beam_h, token_h = top_scores.tolist(), beam.tolist(), token.tolist()
         kept = []
         for a, sentence in enumerate(sentences.tolist()):
             ranked = zip(top_scores_h[a], beam_h[a], token_h[a])
-            kept += self._sentence_step(ranked, a * k, rows.tokens, finished[sentence], last_step, config)
+            kept += self._sentence_step(ranked, a * beams, rows.tokens, finished[sentence], last_step, config)
         return kept
 
     @torch.inference_mode()
@@ -279,7 +280,8 @@ class Seq2SeqDecoder:
         finished: list[list[Hypothesis]] = [[] for _ in sources]
         for step in range(config.max_tgt_length):
             log_probs = self._log_probs(rows, step, cache, config, never_generated, ignore_ids)
-            kept = self._choose(rows, log_probs, step + 1 == config.max_tgt_length, config, finished)
+            kept = self._choose(rows, log_probs, step + 1 == config.max_tgt_length, config, finished,
+                                beams=1 if step == 0 else config.beam_size)
             if not kept:
                 break
             keep_rows = [row for row, _, _ in kept]
@@ -290,7 +292,7 @@ class Seq2SeqDecoder:
                                     1)
             rows.scores = torch.tensor([score for _, _, score in kept], device=self.device, dtype=rows.scores.dtype)
             if cache is not None and not unmoved:  # greedy: usually nothing moves
-                cache.reorder(index)  # copies the target rows of the beams that moved, never the source
+                cache.reorder(index, group=config.beam_size)  # the target rows only, never the source
 
         results = []
         for hyps in finished:

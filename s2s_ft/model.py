@@ -133,16 +133,17 @@ class KVCache:
         self.positions = self.positions.new_zeros((rows, capacity - length))
         self.length, self.max_length, self.group = 0, capacity - length, group
 
-    def reorder(self, index: torch.Tensor) -> None:
+    def reorder(self, index: torch.Tensor, group: Optional[int] = None) -> None:
         """Row i becomes row ``index[i]`` (beam search following its surviving beams).
 
         A same-size ``index`` gathers the cached tokens of every row into a spare buffer, which then becomes the
         cache (measured: about 4x faster on CPU than copying only the rows that moved, in place, through a
-        temporary); the shared source block is not touched. A smaller ``index`` (finished sentences leave the
-        batch; with a shared source whole sentences, ``group`` consecutive rows each) selects rows into new,
-        smaller tensors.
+        temporary); the shared source block is not touched. Another size (finished sentences leave the batch, or
+        a sentence's first row becomes its k beams) selects rows into new tensors. With a shared source, ``index``
+        lists whole sentences, ``group`` (default: unchanged) consecutive rows each.
         """
-        if index.numel() == self.keys.shape[1]:
+        group = group if self.group and group else self.group
+        if index.numel() == self.keys.shape[1] and group == self.group:
             if not self.spare:
                 self.spare = (torch.empty_like(self.keys), torch.empty_like(self.values))
             end = self.length
@@ -158,10 +159,11 @@ class KVCache:
         self.positions = self.positions.index_select(0, index)
         self.spare = ()
         if self.group:
-            sentences = index[::self.group] // self.group
+            sentences = index[::group] // self.group
             keys, values, key_rank, positions = self.source
             self.source = (keys.index_select(1, sentences), values.index_select(1, sentences),
                            key_rank.index_select(0, sentences), positions.index_select(0, sentences))
+            self.group = group
 
     def visible(self, end: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(key ranks, positions) of every key a query of a row may consider, [rows, keys], and the column of the
@@ -198,8 +200,8 @@ def activation(name: str):
 def shared_source_attention(q: torch.Tensor, source_k: torch.Tensor, source_v: torch.Tensor, target_k: torch.Tensor,
                             target_v: torch.Tensor, mask: Optional[torch.Tensor], group: int) -> torch.Tensor:
     """Attention of queries [R, H, n, d] over their sentence's source block [R / group, H, S, d] followed by their
-    own row's target block [R, H, T, d]: one softmax over all S + T keys, with ``mask`` [R, 1 or H, n, S + T] as
-    F.scaled_dot_product_attention takes it (bool, additive float, or None). The ``group`` rows of a sentence (its
+    own row's target block [R, H, T, d]: one softmax over all S + T keys, with ``mask`` [R, 1 or H, n, S + T]
+    added to the scores (-inf where attention is not allowed; None: no mask). The ``group`` rows of a sentence (its
     beams) meet the source in one matmul, their queries side by side [R / group, H, group * n, d], so the source
     is read once per sentence instead of once per beam; the target part is a matmul per row."""
     rows, heads, n, head_dim = q.shape
@@ -210,9 +212,7 @@ def shared_source_attention(q: torch.Tensor, source_k: torch.Tensor, source_v: t
     source_scores = (side_by_side @ source_k.transpose(-1, -2)).view(sentences, heads, group, n, source_length)
     target_scores = (q @ target_k.transpose(-1, -2)).view(sentences, group, heads, n, -1)
     scores = torch.cat([source_scores.transpose(1, 2), target_scores], -1).view(rows, heads, n, -1)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    probs = torch.softmax(scores, -1)
+    probs = torch.softmax(scores if mask is None else scores.add_(mask), -1)
     source_probs = probs.view(sentences, group, heads, n, -1)[..., :source_length].transpose(1, 2)
     from_source = source_probs.reshape(sentences, heads, group * n, source_length) @ source_v
     from_target = (probs[..., source_length:] @ target_v).view(sentences, group, heads, n, head_dim)
@@ -398,6 +398,9 @@ class UnifiedTransformer(nn.Module):
             query_offset = target_start + offset  # where the new tokens are among the keys
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         mask = self._attention_mask(key_rank_all, query_rank, key_positions, position_ids, query_offset, dtype)
+        if cache is not None and cache.group and mask is not None and mask.dtype == torch.bool:
+            # shared_source_attention adds the mask: made additive once here, not masked_fill'ed in every layer
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
         for index, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training and cache is None:
                 # Non-reentrant: works with inputs that need no grad and replays the layer's dropout RNG exactly.
