@@ -126,10 +126,14 @@ class _Rows:
     tokens: torch.Tensor  # [R, t] generated so far
     scores: torch.Tensor  # [R] summed log-probs
     history: dict = field(default_factory=dict)  # no-cache path: every stored input tensor so far
+    # Beam search with the cache: the cache columns of the row's sequence (its sentence's source, then its own
+    # stored target tokens), in its sentence's cache row, which all the sentence's beams share.
+    columns: Optional[torch.Tensor] = None
 
     def select(self, index: torch.Tensor) -> "_Rows":
         return _Rows(self.sentence[index], self.source_length[index], self.tokens[index], self.scores[index],
-                     {name: value[index] for name, value in self.history.items()})
+                     {name: value[index] for name, value in self.history.items()},
+                     None if self.columns is None else self.columns[index])
 
 
 class Seq2SeqDecoder:
@@ -158,15 +162,36 @@ class Seq2SeqDecoder:
         return ids, positions, types, key_rank, query_rank, n_store
 
     def _forward(self, inputs: dict, cache: Optional[KVCache], rows: _Rows, n_store: int) -> torch.Tensor:
-        """Hidden state of the last new token (the predictor)."""
-        if cache is not None:
-            hidden = self.model(**inputs, cache=cache, n_store=n_store, n_out=1)
-        else:
+        """[R, hidden]: each row's hidden state of its last new token (the predictor)."""
+        if cache is None:
             full = {name: torch.cat([rows.history[name], value], 1) for name, value in inputs.items()}
             hidden = self.model(**full)
             for name, value in inputs.items():
                 rows.history[name] = torch.cat([rows.history[name], value[:, :n_store]], 1)
-        return hidden[:, -1]
+            return hidden[:, -1]
+        if rows.columns is None:  # sampling: a cached sequence per row
+            return self.model(**inputs, cache=cache, n_store=n_store, n_out=1)[:, -1]
+        return self._forward_beams(inputs, cache, rows, n_store)
+
+    def _forward_beams(self, inputs: dict, cache: KVCache, rows: _Rows, n_store: int) -> torch.Tensor:
+        """Beam search: a sentence's beams are tokens of one cached sequence, its cache row: the source once, then
+        what the beams were fed, side by side. A step feeds column i of every beam next to each other (i-major:
+        [sentences, n * beams]); each beam sees the source and its own tokens only (``rows.columns``), so a beam
+        that follows another needs no copy, only the other's columns."""
+        r, n = inputs["input_ids"].shape
+        beams, start = r // cache.keys.shape[1], cache.length
+        new = start + torch.arange(n, device=self.device) * beams + (torch.arange(r, device=self.device) % beams)[
+            :, None]  # [R, n]: the cache columns of each row's new tokens
+        visible = None  # one row per sentence (greedy, a beam search's first step): all its cache row is its own
+        if beams > 1:
+            seen = torch.zeros(r, start + n * beams, dtype=torch.bool, device=self.device)
+            seen.scatter_(1, rows.columns, True).scatter_(1, new, True)
+            visible = seen.view(-1, beams, seen.shape[1]).repeat(1, n, 1)  # query i * beams + j is beam j's
+        side_by_side = {name: value.reshape(-1, beams, n).transpose(1, 2).reshape(-1, n * beams)
+                        for name, value in inputs.items()}
+        hidden = self.model(**side_by_side, cache=cache, n_store=n_store * beams, n_out=beams, visible=visible)
+        rows.columns = torch.cat([rows.columns, new[:, :n_store]], 1)
+        return hidden.reshape(r, -1)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
@@ -181,12 +206,13 @@ class Seq2SeqDecoder:
         prefix = decoding_prefix(sources, self.special).to(self.device)
         inputs = prefix.model_inputs()
         source_width = prefix.input_ids.shape[1]
+        # a step stores at most one token per row (a sentence's k beams share its cache row) and feeds one more
+        target_width = (config.max_tgt_length + 1) * (1 if config.do_sample else config.beam_size)
         cache = None
         with self._autocast():
             if config.use_cache:
                 cache_dtype = self.autocast_dtype or next(self.model.parameters()).dtype
-                cache = KVCache(self.model.config, n, source_width + config.max_tgt_length + 1, self.device,
-                                cache_dtype)
+                cache = KVCache(self.model.config, n, source_width + target_width, self.device, cache_dtype)
                 self.model(**inputs, cache=cache)  # encode the source once
         expand = torch.arange(n, device=self.device).repeat_interleave(m)
         rows = _Rows(sentence=expand.clone(), source_length=(prefix.key_rank == 0).sum(1)[expand],
@@ -194,8 +220,8 @@ class Seq2SeqDecoder:
                      scores=torch.zeros(n * m, device=self.device))
         if cache is not None and config.do_sample:
             cache.reorder(expand)  # samples leave one by one: each row keeps its own copy of the source
-        elif cache is not None:
-            cache.share_source(1)  # beams leave with their sentence: its rows share one copy of the source
+        elif cache is not None:  # beams leave with their sentence: they share its cache row (_forward_beams)
+            rows.columns = torch.arange(source_width, device=self.device).expand(n, -1)
         else:
             rows.history = {name: value[expand] for name, value in inputs.items()}
         return rows, cache
@@ -278,21 +304,20 @@ class Seq2SeqDecoder:
         if config.do_sample:
             return self._sample(sources, config, keys, rows, cache, never_generated, ignore_ids)
         finished: list[list[Hypothesis]] = [[] for _ in sources]
+        k = config.beam_size
         for step in range(config.max_tgt_length):
+            beams = 1 if step == 0 else k  # rows per sentence
             log_probs = self._log_probs(rows, step, cache, config, never_generated, ignore_ids)
-            kept = self._choose(rows, log_probs, step + 1 == config.max_tgt_length, config, finished,
-                                beams=1 if step == 0 else config.beam_size)
+            kept = self._choose(rows, log_probs, step + 1 == config.max_tgt_length, config, finished, beams)
             if not kept:
                 break
-            keep_rows = [row for row, _, _ in kept]
-            unmoved = keep_rows == list(range(rows.tokens.shape[0]))
-            index = torch.tensor(keep_rows, device=self.device)
+            index = torch.tensor([row for row, _, _ in kept], device=self.device)
+            if cache is not None and len(kept) // k < rows.tokens.shape[0] // beams:
+                cache.reorder(index[::k] // beams)  # sentences left: their cache rows go
             rows = rows.select(index)
             rows.tokens = torch.cat([rows.tokens, torch.tensor([t for _, t, _ in kept], device=self.device)[:, None]],
                                     1)
             rows.scores = torch.tensor([score for _, _, score in kept], device=self.device, dtype=rows.scores.dtype)
-            if cache is not None and not unmoved:  # greedy: usually nothing moves
-                cache.reorder(index, group=config.beam_size)  # the target rows only, never the source
 
         results = []
         for hyps in finished:

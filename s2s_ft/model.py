@@ -99,11 +99,9 @@ def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int, 
 # the history: a forward writes its new tokens at [length, length + n_new) and only the first ``n_store`` of them
 # are kept (the rest, e.g. the [MASK] that predicts the next token, are overwritten by the next step).
 #
-# Beam search keeps k rows (beams) per sentence that differ only in their target tokens. After the source is
-# encoded, ``share_source(k)`` freezes it as a *source block*, one row per sentence, and later tokens go to a
-# *target block*, one row per beam (rows b*k .. b*k + k-1 are sentence b's beams). Attention then reads each
-# sentence's source keys and values once for its k beams (``shared_source_attention``) instead of once per beam,
-# and a beam reorder never copies the source.
+# Beam search caches a sentence's k beams as one sequence: its source once, then the beams' target tokens side by
+# side in the order they were fed; each beam attends only to its own tokens (``visible`` in forward), so the
+# source is stored and read once per sentence and a beam reorder moves nothing (decoding.py keeps the columns).
 # --------------------------------------------------------------------------------------------------------------
 class KVCache:
     def __init__(self, config: ModelConfig, batch_size: int, max_length: int,
@@ -115,66 +113,14 @@ class KVCache:
         self.positions = torch.zeros((batch_size, max_length), device=device, dtype=torch.long)
         self.length = 0
         self.max_length = max_length
-        self.spare: tuple[torch.Tensor, ...] = ()  # what a same-size reorder gathers into (then the two swap)
-        # After share_source: rows per source row, and the source block (keys, values, key_rank, positions).
-        self.group = 0
-        self.source: tuple[torch.Tensor, ...] = ()
 
-    def share_source(self, group: int) -> None:
-        """The tokens cached so far become the source block shared by ``group`` consecutive rows each; the rest of
-        the capacity becomes the (empty) target block, ``group`` rows per source row."""
-        length, rows = self.length, self.keys.shape[1] * group
-        self.source = (self.keys[:, :, :, :length].contiguous(), self.values[:, :, :, :length].contiguous(),
-                       self.key_rank[:, :length].contiguous(), self.positions[:, :length].contiguous())
-        layers, _, heads, capacity, head_dim = self.keys.shape
-        shape = (layers, rows, heads, capacity - length, head_dim)
-        self.keys, self.values, self.spare = self.keys.new_zeros(shape), self.keys.new_zeros(shape), ()
-        self.key_rank = self.key_rank.new_full((rows, capacity - length), NEVER_VISIBLE)
-        self.positions = self.positions.new_zeros((rows, capacity - length))
-        self.length, self.max_length, self.group = 0, capacity - length, group
-
-    def reorder(self, index: torch.Tensor, group: Optional[int] = None) -> None:
-        """Row i becomes row ``index[i]`` (beam search following its surviving beams).
-
-        A same-size ``index`` gathers the cached tokens of every row into a spare buffer, which then becomes the
-        cache (measured: about 4x faster on CPU than copying only the rows that moved, in place, through a
-        temporary); the shared source block is not touched. Another size (finished sentences leave the batch, or
-        a sentence's first row becomes its k beams) selects rows into new tensors. With a shared source, ``index``
-        lists whole sentences, ``group`` (default: unchanged) consecutive rows each.
-        """
-        group = group if self.group and group else self.group
-        if index.numel() == self.keys.shape[1] and group == self.group:
-            if not self.spare:
-                self.spare = (torch.empty_like(self.keys), torch.empty_like(self.values))
-            end = self.length
-            for table, spare in zip((self.keys, self.values), self.spare):
-                torch.index_select(table[:, :, :, :end], 1, index, out=spare[:, :, :, :end])
-            (self.keys, self.values), self.spare = self.spare, (self.keys, self.values)
-            for table in (self.key_rank, self.positions):
-                table[:, :end] = table[index, :end]
-            return
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row i becomes row ``index[i]``, in new tensors: rows leave the batch (finished sentences or samples) or
+        are repeated (a source for each of its samples)."""
         self.keys = self.keys.index_select(1, index)
         self.values = self.values.index_select(1, index)
         self.key_rank = self.key_rank.index_select(0, index)
         self.positions = self.positions.index_select(0, index)
-        self.spare = ()
-        if self.group:
-            sentences = index[::group] // self.group
-            keys, values, key_rank, positions = self.source
-            self.source = (keys.index_select(1, sentences), values.index_select(1, sentences),
-                           key_rank.index_select(0, sentences), positions.index_select(0, sentences))
-            self.group = group
-
-    def visible(self, end: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(key ranks, positions) of every key a query of a row may consider, [rows, keys], and the column of the
-        first target-block token among them: with a shared source its sentence's source block, then its own
-        tokens; else its cached tokens."""
-        key_rank, positions = self.key_rank[:, :end], self.positions[:, :end]
-        if not self.group:
-            return key_rank, positions, 0
-        _, _, source_rank, source_positions = self.source
-        return (torch.cat([source_rank.repeat_interleave(self.group, 0), key_rank], 1),
-                torch.cat([source_positions.repeat_interleave(self.group, 0), positions], 1), source_rank.shape[1])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -197,28 +143,6 @@ def activation(name: str):
     return _ACTIVATIONS[name]
 
 
-def shared_source_attention(q: torch.Tensor, source_k: torch.Tensor, source_v: torch.Tensor, target_k: torch.Tensor,
-                            target_v: torch.Tensor, mask: Optional[torch.Tensor], group: int) -> torch.Tensor:
-    """Attention of queries [R, H, n, d] over their sentence's source block [R / group, H, S, d] followed by their
-    own row's target block [R, H, T, d]: one softmax over all S + T keys, with ``mask`` [R, 1 or H, n, S + T]
-    added to the scores (-inf where attention is not allowed; None: no mask). The ``group`` rows of a sentence (its
-    beams) meet the source in one matmul, their queries side by side [R / group, H, group * n, d], so the source
-    is read once per sentence instead of once per beam; the target part is a matmul per row."""
-    rows, heads, n, head_dim = q.shape
-    sentences, source_length = rows // group, source_k.shape[2]
-    q = q * head_dim ** -0.5
-    side_by_side = q.view(sentences, group, heads, n, head_dim).transpose(1, 2).reshape(
-        sentences, heads, group * n, head_dim)
-    source_scores = (side_by_side @ source_k.transpose(-1, -2)).view(sentences, heads, group, n, source_length)
-    target_scores = (q @ target_k.transpose(-1, -2)).view(sentences, group, heads, n, -1)
-    scores = torch.cat([source_scores.transpose(1, 2), target_scores], -1).view(rows, heads, n, -1)
-    probs = torch.softmax(scores if mask is None else scores.add_(mask), -1)
-    source_probs = probs.view(sentences, group, heads, n, -1)[..., :source_length].transpose(1, 2)
-    from_source = source_probs.reshape(sentences, heads, group * n, source_length) @ source_v
-    from_target = (probs[..., source_length:] @ target_v).view(sentences, group, heads, n, head_dim)
-    return (from_target + from_source.view(sentences, heads, group, n, head_dim).transpose(1, 2)).view(q.shape)
-
-
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -239,13 +163,8 @@ class SelfAttention(nn.Module):
             cache.keys[layer, :, :, start:end] = k
             cache.values[layer, :, :, start:end] = v
             k, v = cache.keys[layer, :, :, :end], cache.values[layer, :, :, :end]
-        if cache is not None and cache.group:  # beam search: the rows' shared source block, then their own tokens
-            source_k, source_v = cache.source[0][layer], cache.source[1][layer]
-            y = shared_source_attention(q, source_k.to(q.dtype), source_v.to(q.dtype), k.to(q.dtype),
-                                        v.to(q.dtype), mask, cache.group)
-        else:
-            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
-                                               dropout_p=self.dropout_p if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
+                                           dropout_p=self.dropout_p if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(b, q.shape[2], h))
 
 
@@ -355,12 +274,15 @@ class UnifiedTransformer(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def _attention_mask(self, key_rank, query_rank, key_positions, query_positions, query_offset, dtype):
+    def _attention_mask(self, key_rank, query_rank, key_positions, query_positions, query_offset, dtype,
+                        visible=None):
         """``attn_mask`` for F.scaled_dot_product_attention: a boolean [B, 1, Lq, Lk] mask (which the
         memory-efficient GPU kernel accepts), None when every query may see every key (then the flash kernel, which
         takes no mask, is eligible too), or with a relative position bias an additive [B, H, Lq, Lk] mask in the
-        compute dtype ``dtype``."""
+        compute dtype ``dtype``. ``visible`` [B, Lq, Lk] further restricts the rank rule."""
         allowed = attention_allowed(key_rank, query_rank, query_offset)
+        if visible is not None:
+            allowed = allowed & visible[:, None]
         if self.rel_pos_bias is None:
             # Nothing is masked when the decoder encodes sources of equal length or feeds its first step. The test is
             # a host sync on a GPU: decoding syncs every step anyway, training skips it (its batches always hold
@@ -375,32 +297,31 @@ class UnifiedTransformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, token_type_ids: torch.Tensor,
                 key_rank: torch.Tensor, query_rank: torch.Tensor, cache: Optional[KVCache] = None,
-                n_store: Optional[int] = None, n_out: Optional[int] = None) -> torch.Tensor:
+                n_store: Optional[int] = None, n_out: Optional[int] = None,
+                visible: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Hidden states [B, n, hidden] of the given tokens (call ``self.head`` for vocabulary logits).
 
         With a ``cache``, the tokens are appended after the ``cache.length`` tokens already there, attend to them
         by the same rank rule, and the first ``n_store`` (default: all) stay in the cache for later calls.
-        ``n_out``: only the last n_out tokens' hidden states are wanted (a decoding step's predictor); the last
+        ``n_out``: only the last n_out tokens' hidden states are wanted (a decoding step's predictors); the last
         layer then computes its attention output and feed-forward for them alone (of the others, later steps read
-        only the keys and values, which every layer still computes).
+        only the keys and values, which every layer still computes). ``visible`` [B, n, keys]: which keys each new
+        token may see at most (the rank rule still applies); beam search uses it to cache a sentence's beams as
+        one sequence in which each beam sees only the source and its own tokens.
         """
         n_new = input_ids.shape[1]
         x = self.embeddings(input_ids, position_ids, token_type_ids)
         if cache is None:
-            key_rank_all, key_positions, offset, query_offset = key_rank, position_ids, 0, 0
+            key_rank_all, key_positions, offset = key_rank, position_ids, 0
         else:
             offset, end = cache.length, cache.length + n_new
             if end > cache.max_length:
                 raise ValueError(f"cache holds {cache.max_length} tokens; {end} requested")
             cache.key_rank[:, offset:end] = key_rank
             cache.positions[:, offset:end] = position_ids
-            key_rank_all, key_positions, target_start = cache.visible(end)
-            query_offset = target_start + offset  # where the new tokens are among the keys
+            key_rank_all, key_positions = cache.key_rank[:, :end], cache.positions[:, :end]
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        mask = self._attention_mask(key_rank_all, query_rank, key_positions, position_ids, query_offset, dtype)
-        if cache is not None and cache.group and mask is not None and mask.dtype == torch.bool:
-            # shared_source_attention adds the mask: made additive once here, not masked_fill'ed in every layer
-            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+        mask = self._attention_mask(key_rank_all, query_rank, key_positions, position_ids, offset, dtype, visible)
         for index, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training and cache is None:
                 # Non-reentrant: works with inputs that need no grad and replays the layer's dropout RNG exactly.

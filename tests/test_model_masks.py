@@ -386,33 +386,56 @@ def test_overfit_eight_pairs(method):
 
 
 @pytest.mark.parametrize("mode", ["causal", "pseudo"])
-def test_kv_cache_reorder_beams_with_shared_source(tiny_model, mode):
-    """Beams of one sentence share the cached source (share_source): each step equals the full forward of the rows'
-    sequences while beams move within their sentence, the padded source stays invisible, and a sentence leaves."""
-    sources = [[10, 11, 12], [13, 14, 15, 16, 17, 18]]  # unequal lengths: the source block is padded
+def test_kv_cache_beams_as_tokens_of_one_sequence(tiny_model, mode):
+    """Beam search's cache layout: a sentence's beams are tokens of one cached sequence (its source once, then the
+    beams' tokens side by side), each beam restricted by ``visible`` to the source and its own columns. Every
+    beam's outputs equal the full forward of its own sequence, also after a beam takes over another's columns (no
+    copy) and after a finished sentence's cache row leaves."""
+    sources = [[10, 11, 12], [13, 14, 15, 16, 17, 18]]  # unequal lengths: the source part is padded
     beams = [Pair(sources[0], [20, 21, 22, 23]), Pair(sources[0], [24, 25, 26, 27]),
              Pair(sources[1], [28, 29, 30, 31]), Pair(sources[1], [32, 33, 34, 35])]
-    prefix, cache, _ = _encode(tiny_model, [Pair(source, []) for source in sources], 8)
-    cache.share_source(2)
-    n_store = lambda step: None if mode == "causal" else (0 if step == 0 else 1)
-    rows = list(beams)
+    k = 2  # beams per sentence
+    prefix, cache, _ = _encode(tiny_model, [Pair(source, []) for source in sources], 5 * 2 * k)
+    follows = list(range(len(beams)))  # which pair each row's history is
+    columns = [list(range(prefix.input_ids.shape[1])) for _ in beams]  # each row's columns in its sentence's row
     for step in range(5):
-        if step == 2:  # sentence 0: beam 1 survives twice, beam 0 dies; sentence 1: its beams swap
-            index = [1, 1, 3, 2]
-        elif step == 4:  # sentence 0 is done and leaves with both its beams
-            index = [2, 3]
-        else:
-            index = None
-        if index is not None:
-            source_block = cache.source[0].clone()
-            cache.reorder(torch.tensor(index))
-            rows = [rows[i] for i in index]
-            kept = source_block if step == 2 else source_block[:, 1:]
-            assert torch.equal(cache.source[0], kept)  # the source block is never copied per beam
+        if step == 2:  # sentence 0: both rows follow pair 1 (pair 0 dies); sentence 1: its rows swap
+            order = [1, 1, 3, 2]
+            follows, columns = [follows[i] for i in order], [list(columns[i]) for i in order]
+        if step == 4:  # sentence 0 is done: its cache row leaves
+            cache.reorder(torch.tensor([1]))
+            follows, columns = follows[k:], columns[k:]
+        pairs = [beams[i] for i in follows]
+        inputs = _steps_inputs(pairs, step, mode)
+        n, sentences, start = inputs["input_ids"].shape[1], len(pairs) // k, cache.length
+        n_store = n if mode == "causal" else (0 if step == 0 else 1)
+        new = [[start + i * k + row % k for i in range(n)] for row in range(len(pairs))]
+        visible = torch.zeros(sentences, n * k, start + n * k, dtype=torch.bool)
+        for row in range(len(pairs)):
+            for i in range(n):
+                visible[row // k, i * k + row % k, columns[row] + new[row]] = True
+        side_by_side = {name: value.reshape(sentences, k, n).transpose(1, 2).reshape(sentences, n * k)
+                        for name, value in inputs.items()}
         with torch.no_grad():
-            out = tiny_model(**_steps_inputs(rows, step, mode), cache=cache, n_store=n_store(step))
-        _check_step(_reference(tiny_model, rows, mode), rows, mode, step, out)
-    assert cache.source[0].shape[1] == 1 and cache.keys.shape[1] == 2
+            out = tiny_model(**side_by_side, cache=cache, n_store=n_store * k, visible=visible)
+        out = out.view(sentences, n, k, -1).transpose(1, 2).reshape(len(pairs), n, -1)
+        _check_step(_reference(tiny_model, pairs, mode), pairs, mode, step, out)
+        columns = [old + new[row][:n_store] for row, old in enumerate(columns)]
+
+
+@pytest.mark.parametrize("mode", ["causal", "pseudo"])
+def test_n_out_keeps_the_last_tokens_and_caches_all(tiny_model, mode):
+    """``n_out`` returns the last tokens' hidden states unchanged, and the cache it leaves serves later steps as
+    well as a full forward's."""
+    caches = [_encode(tiny_model, PAIRS, 8)[1] for _ in range(2)]
+    n_store = lambda step: None if mode == "causal" else (0 if step == 0 else 1)
+    for step in range(3):
+        inputs = _steps_inputs(PAIRS, step, mode)
+        with torch.no_grad():
+            full = tiny_model(**inputs, cache=caches[0], n_store=n_store(step))
+            last = tiny_model(**inputs, cache=caches[1], n_store=n_store(step), n_out=1)
+        assert last.shape[1] == 1
+        torch.testing.assert_close(last, full[:, -1:], atol=TOL, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
