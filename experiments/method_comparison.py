@@ -14,7 +14,8 @@ decoder's LM head, see ``hf_bert2bert.py``), no dropout (``--dropout 0`` in both
 (``--max_tokens``: rows x longest packed length; bert2bert counts encoder + decoder tokens, our causal packed
 length, so at the same budget our masked and pseudo-masked layouts, which are longer, get fewer examples per batch),
 a high peak learning rate with linear warmup (``--warmup_ratio`` x steps) and linear decay, bf16 autocast where
-the CPU computes bf16 natively (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo; else fp32; ``--precision`` overrides), and per-dataset search settings and output
+the CPU computes bf16 natively (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo; else fp32; ``--precision``
+overrides), and per-dataset search settings and output
 detokenisation (SQuAD-QG: beam 5, length penalty 2.0, at least 6 tokens, no repeated trigram, Penn-Treebank
 detokenisation as its references are tokenised). Every system gets the same training examples (per seed), the same
 number of optimizer steps, learning rate and schedule, label smoothing, maximum lengths, precision, and the same
