@@ -208,3 +208,10 @@ def test_dropout_reaches_every_trainer(tmp_path):
             else:
                 at = command.index("--dropout")
                 assert command[at:at + 2] == expected
+
+
+def test_scitldr_contribution_sentence_baseline():
+    baselines = load_script("experiments", "scitldr_baselines")
+    abstract = "Deep nets forget. In this work we study forgetting. We propose a fix! It works."
+    assert baselines.contribution_sentence(abstract) == "In this work we study forgetting."
+    assert baselines.contribution_sentence("No claim here. None at all.") == "No claim here."
