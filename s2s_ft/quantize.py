@@ -107,7 +107,9 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             raise RuntimeError("Int8Linear is for decoding only; training is never quantised")
-        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, self.reduce_range)
+        rows = x.float().reshape(-1, self.in_features)  # the kernel takes a 2-D input
+        out = torch.ops.quantized.linear_dynamic(rows, self.packed, self.reduce_range)
+        return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, reduce_range={self.reduce_range}"
