@@ -27,6 +27,7 @@ from .errors import UsageError
 from .fileio import write_lines_atomic
 from .inference import LoadedDecoder, forbid_ignore_ids, load_decoder
 from .precision import resolve_precision
+from .quantize import QUANTIZE_CHOICES, check_quantize
 from .resumable import decode_resumable, resume_identity
 
 log = logging.getLogger("s2s_ft")
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ngram_size", type=int, default=3)
     add("--forbid_ignore_word", default=None, help="'|'-separated words whose n-grams are never blocked")
     add_precision_flags(add)
+    add("--quantize", default="none", choices=QUANTIZE_CHOICES,
+        help="int8: dynamic int8 linear layers (CPU, fp32; weights per channel, inputs per call), for speed; the "
+             "checkpoint is not changed")
     add("--no_cache", action="store_true", help="reference path: recompute the whole sequence every step")
     add("--nbest", type=int, default=1)
     add("--do_sample", action="store_true", help="sample instead of searching (needs --beam_size 1)")
@@ -107,6 +111,8 @@ def check_decode_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--device {args.device}: not a device (expected cpu, cuda or cuda:N)") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UsageError(f"--device {args.device}: no GPU is available; use --device cpu")
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_quantize(args.quantize, args.device or default_device, args.precision)
     directory = os.path.dirname(os.path.abspath(args.output_file))
     if not os.path.isdir(directory):
         raise UsageError(f"--output_file {args.output_file}: directory {directory} does not exist")
@@ -146,7 +152,7 @@ def _decode_file(args: argparse.Namespace, device: torch.device, world: World) -
 def decode_checkpoint(args: argparse.Namespace, path: str, sources: list, numbers: list[int], output: str,
                       device: torch.device, world: World) -> None:
     """Decode ``sources`` with the checkpoint ``path`` into ``output`` (rank 0 writes it)."""
-    loaded = load_decoder(path, str(device), args.precision, args.detokenize)
+    loaded = load_decoder(path, str(device), args.precision, args.detokenize, args.quantize)
     max_tgt = args.max_tgt_length or int(loaded.settings["max_target_seq_length"])
     if args.min_len > max_tgt:
         raise UsageError(f"--min_len {args.min_len} exceeds the target length {max_tgt}")
@@ -176,6 +182,8 @@ def decode_checkpoint(args: argparse.Namespace, path: str, sources: list, number
 
     if args.resume:
         settings = {k: v for k, v in vars(args).items() if k not in NOT_OUTPUT_SETTINGS}
+        if settings["quantize"] == "none":  # an fp32 run keeps its record from before --quantize existed
+            del settings["quantize"]
         decode_resumable(output, len(sources), args.resume_chunk, decode_range,
                          resume_identity(args.input_file, path, settings), world)
     else:
