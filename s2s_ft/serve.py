@@ -302,14 +302,22 @@ class Batcher:
         return batch
 
 
+def require_serving_packages() -> None:
+    """UsageError (one line, with the fix) unless FastAPI and uvicorn are installed."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        raise UsageError(f"serving needs FastAPI and uvicorn ({error}): pip install -e '.[serve]' (or pip install "
+                         f"fastapi uvicorn)") from None
+
+
 def build_app(server: Server, window_s: float = 0.005):
     """The FastAPI application around ``server`` (its routes, and the batcher started with the application)."""
-    try:
-        from fastapi import FastAPI, Request
-        from fastapi.responses import JSONResponse
-    except ImportError:
-        raise UsageError("serving needs FastAPI and uvicorn: pip install -e '.[serve]' (or pip install fastapi "
-                         "uvicorn)") from None
+    require_serving_packages()
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
     batcher = Batcher(server.decode_group, window_s, server.max_batch_size)
 
     @asynccontextmanager
@@ -320,6 +328,10 @@ def build_app(server: Server, window_s: float = 0.005):
 
     app = FastAPI(title="s2s-ft", lifespan=lifespan)
     app.state.server, app.state.batcher = server, batcher
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):  # 404, 405: the same {"error": ...} shape
+        return JSONResponse({"error": one_line(error.detail)}, status_code=error.status_code, headers=error.headers)
 
     @app.get("/health")
     async def health():
@@ -393,11 +405,9 @@ def make_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Se
 
 
 def serve(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None) -> None:
-    try:
-        import uvicorn
-    except ImportError:
-        raise UsageError("serving needs FastAPI and uvicorn: pip install -e '.[serve]' (or pip install fastapi "
-                         "uvicorn)") from None
+    require_serving_packages()  # before the checkpoint is loaded
+    import uvicorn
+
     server = make_server(args, parser or build_parser())
     app = build_app(server, args.batch_window_ms / 1000)
     log.info("serving %s on http://%s:%d (window %g ms, batches of up to %d sources)", args.model_path, args.host,

@@ -3,6 +3,7 @@ Python API's decoding of each source alone, bad requests get a 4xx with one line
 request only, and concurrent requests are decoded together (by settings) with each its own answer."""
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -91,6 +92,8 @@ def test_health_one_source_and_a_list(loaded):
         answer = client.post("/generate", json={"src": SOURCES})
         assert answer.json() == {"output": [alone(loaded, s) for s in SOURCES]}
         assert len(set(answer.json()["output"])) > 2  # the outputs differ: a swap would show
+        assert client.get("/generate").json() == {"error": "Method Not Allowed"}
+        assert client.get("/nothing").status_code == 404
 
 
 def test_options_ride_along_and_flags_are_the_defaults(loaded):
@@ -231,3 +234,11 @@ def test_bad_server_flags_stop_with_one_line(loaded, tmp_path, capsys):
                             (["--model_path", str(tmp_path / "missing")], "checkpoint directory not found")):
         assert serve.main(["--model_path", str(tmp_path), *flags]) == 2
         assert expected in one_error_line(capsys)
+
+
+def test_without_the_serve_extra_the_server_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    from conftest import one_error_line
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn raises ImportError
+    assert serve.main(["--model_path", str(tmp_path)]) == 2
+    assert "pip install -e '.[serve]'" in one_error_line(capsys)
