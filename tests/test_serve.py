@@ -168,7 +168,7 @@ def test_too_long_sources_are_truncated_or_refused(loaded):
 def test_a_decoding_exception_fails_only_its_request(loaded, monkeypatch):
     bad_id = loaded.tokenizer.convert_tokens_to_ids("fish")
     recorder = Recorder(loaded, monkeypatch, fail_on=bad_id)
-    with client_for(loaded, window_ms=10_000, max_batch_size=3) as client:
+    with client_for(loaded, window_ms=60_000, max_batch_size=3) as client:
         answers = concurrently(client, [{"src": "a dog"}, {"src": "fish"}, {"src": "who ran"}])
         assert [a.status_code for a in answers] == [200, 500, 200]
         assert answers[1].json()["error"] == "decoding failed: RuntimeError: injected failure"
@@ -183,7 +183,7 @@ def test_a_decoding_exception_fails_only_its_request(loaded, monkeypatch):
 def test_concurrent_requests_are_decoded_together_each_with_its_own_answer(loaded, monkeypatch):
     recorder = Recorder(loaded, monkeypatch)
     bodies = [{"src": SOURCES[0]}, {"src": SOURCES[1:3]}, {"src": SOURCES[3]}, {"src": SOURCES[4]}]
-    with client_for(loaded, window_ms=10_000, max_batch_size=5) as client:  # flushed when 5 sources wait
+    with client_for(loaded, window_ms=60_000, max_batch_size=5) as client:  # flushed when 5 sources wait
         answers = concurrently(client, bodies)
     assert len(recorder.calls) == 1 and sorted(map(tuple, recorder.calls[0][0])) == sorted(
         tuple(ids) for ids in loaded.source_ids(SOURCES[:5])[0])
@@ -196,7 +196,7 @@ def test_requests_with_other_settings_are_decoded_in_other_groups(loaded, monkey
     recorder = Recorder(loaded, monkeypatch)
     bodies = [{"src": SOURCES[0]}, {"src": SOURCES[1], "beam_size": 2}, {"src": SOURCES[2]},
               {"src": SOURCES[3], "beam_size": 2}]
-    with client_for(loaded, window_ms=10_000, max_batch_size=4) as client:
+    with client_for(loaded, window_ms=60_000, max_batch_size=4) as client:
         answers = concurrently(client, bodies)
     assert sorted((len(sources), config.beam_size) for sources, config in recorder.calls) == [(2, 1), (2, 2)]
     assert [a.json()["output"] for a in answers] == [
