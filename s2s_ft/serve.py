@@ -17,7 +17,8 @@ JSON over HTTP (FastAPI + uvicorn, the ``serve`` extra: ``pip install -e .[serve
   search settings and each group is decoded as one call in the one decoding thread, while the event loop keeps
   answering. A request with more sources than ``--max_batch_size`` is decoded on its own, in batches of that size.
 * Errors: a bad request gets 400 (not JSON, not an object), 413 (more than ``--max_sources_per_request`` sources)
-  or 422 (anything else), with ``{"error": "one line"}``. An exception while decoding a group is retried request by
+  or 422 (anything else, e.g. beam_size or num_return_sequences over ``--max_beams``), with
+  ``{"error": "one line"}``. An exception while decoding a group is retried request by
   request, so only the request that fails gets a 500; the server goes on.
 """
 # No ``from __future__ import annotations``: FastAPI reads the route's ``request: Request`` annotation at runtime, and
@@ -106,19 +107,28 @@ def check_type(name: str, value, wanted: type):
     return float(value) if wanted is float else value
 
 
+def check_settings(args: argparse.Namespace, max_beams: int) -> None:
+    """UsageError for impossible search settings: decode's checks, and the server's --max_beams."""
+    check_search_args(args)
+    for name in ("beam_size", "num_return_sequences"):
+        if getattr(args, name) > max_beams:
+            raise UsageError(f"--{name} {getattr(args, name)} exceeds --max_beams {max_beams}")
+
+
 class Server:
     """What the HTTP routes do, without HTTP: parse and check a request into a ``Job`` (on the event loop), and
     decode a group of jobs that share their settings (in the decoding thread)."""
 
-    def __init__(self, loaded: LoadedDecoder, defaults: argparse.Namespace, types: dict[str, type],
-                 max_batch_size: int = 32, max_sources_per_request: int = 256, too_long: str = "truncate",
-                 model_path: str = ""):
-        self.loaded, self.defaults, self.types = loaded, defaults, types
-        self.max_batch_size, self.max_sources_per_request = max_batch_size, max_sources_per_request
-        self.too_long, self.model_path = too_long, model_path
+    def __init__(self, loaded: LoadedDecoder, args: argparse.Namespace, types: dict[str, type]):
+        """``args``: the flags of ``build_parser`` (the search flags are the requests' defaults); ``types``: each
+        option's JSON type (``option_types``)."""
+        self.loaded, self.types = loaded, types
+        self.defaults = argparse.Namespace(**{name: getattr(args, name) for name in SEARCH_FLAGS})
+        self.max_batch_size, self.max_sources_per_request = args.max_batch_size, args.max_sources_per_request
+        self.max_beams, self.too_long, self.model_path = args.max_beams, args.too_long, args.model_path
         # HF fast tokenizers must not be used from two threads at once ("Already borrowed").
         self.tokenizer_lock = threading.Lock()
-        self.default_ignore = self.ignore_ids(defaults.forbid_ignore_word)
+        self.default_ignore = self.ignore_ids(args.forbid_ignore_word)
 
     def ignore_ids(self, words: Optional[str]) -> tuple[int, ...]:
         with self.tokenizer_lock:
@@ -148,14 +158,18 @@ class Server:
             raise RequestError(422, option_message(error)) from None
         return Job(ids, config, single)
 
-    def config(self, options: dict) -> SearchConfig:
-        """The search settings: the server's flags overridden by the request's ``options`` (checked as decode
-        checks its flags)."""
+    def settings(self, options: dict) -> argparse.Namespace:
+        """The server's search flags overridden by a request's ``options`` (max_tgt_length resolved)."""
         args = argparse.Namespace(**{**vars(self.defaults), **options})
         if args.max_tgt_length is None:
             args.max_tgt_length = int(self.loaded.settings["max_target_seq_length"])
+        return args
+
+    def config(self, options: dict) -> SearchConfig:
+        """A request's search settings (RequestError 422 if they are impossible)."""
+        args = self.settings(options)
         try:
-            check_search_args(args)
+            check_settings(args, self.max_beams)
             ignore = self.default_ignore if "forbid_ignore_word" not in options else self.ignore_ids(
                 args.forbid_ignore_word)
         except UsageError as error:
@@ -369,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a request waits at most this long for others to be decoded with it")
     add("--max_batch_size", type=int, default=32, help="sources decoded together at most")
     add("--max_sources_per_request", type=int, default=256, help="a request with more sources gets 413")
+    add("--max_beams", type=int, default=32, help="a request with a larger beam_size or num_return_sequences gets 422")
     add("--too_long", default="truncate", choices=TOO_LONG,
         help="a source longer than the checkpoint's max_source_seq_length: truncate it (as s2s-ft-decode does) "
              "or refuse the request (422)")
@@ -381,14 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_serve_args(args: argparse.Namespace) -> None:
-    for name in ("max_batch_size", "max_sources_per_request"):
+    for name in ("max_batch_size", "max_sources_per_request", "max_beams"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not args.batch_window_ms >= 0:
         raise UsageError(f"--batch_window_ms must be >= 0, got {args.batch_window_ms}")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be in 0..65535, got {args.port}")
-    check_search_args(args)
+    check_settings(args, args.max_beams)
     check_device(args.device)
     args.precision = resolve_precision(args.precision, args.fp16, args.device)
 
@@ -397,11 +412,9 @@ def make_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Se
     """Check the flags, load the checkpoint; the Server with the search flags as the requests' defaults."""
     check_serve_args(args)
     loaded = load_decoder(args.model_path, args.device, args.precision, args.detokenize)
-    defaults = argparse.Namespace(**{name: getattr(args, name) for name in SEARCH_FLAGS})
-    check_search_args(argparse.Namespace(**{**vars(defaults), "max_tgt_length": args.max_tgt_length or int(
-        loaded.settings["max_target_seq_length"])}))  # --min_len against the checkpoint's target length
-    return Server(loaded, defaults, option_types(parser), args.max_batch_size, args.max_sources_per_request,
-                  args.too_long, args.model_path)
+    server = Server(loaded, args, option_types(parser))
+    check_settings(server.settings({}), args.max_beams)  # e.g. --min_len against the checkpoint's target length
+    return server
 
 
 def serve(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None) -> None:

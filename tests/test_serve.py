@@ -52,9 +52,7 @@ def client_for(loaded, *flags, window_ms: float = 1.0, max_batch_size: int = 32)
     """A TestClient of the app that ``s2s-ft-serve --model_path ... FLAGS`` builds, around the loaded model."""
     parser = serve.build_parser()
     args = parser.parse_args(["--model_path", "ckpt", "--max_batch_size", str(max_batch_size), *flags])
-    defaults = {name: getattr(args, name) for name in serve.SEARCH_FLAGS}
-    server = serve.Server(loaded, serve.argparse.Namespace(**defaults), serve.option_types(parser),
-                          args.max_batch_size, args.max_sources_per_request, args.too_long, "ckpt")
+    server = serve.Server(loaded, args, serve.option_types(parser))
     return TestClient(serve.build_app(server, window_ms / 1000))
 
 
@@ -137,6 +135,9 @@ BAD_REQUESTS = [
     ("sample-with-beam", {"src": "a dog", "do_sample": True, "beam_size": 2}, 422, "cannot be combined"),
     ("nbest-over-beam", {"src": "a dog", "nbest": 2}, 422, "nbest 2 exceeds beam_size 1"),
     ("min-len-over-max", {"src": "a dog", "min_len": 9}, 422, "min_len 9 exceeds max_tgt_length 8"),
+    ("beam-over-max-beams", {"src": "a dog", "beam_size": 5}, 422, "beam_size 5 exceeds max_beams 4"),
+    ("samples-over-max-beams", {"src": "a dog", "do_sample": True, "num_return_sequences": 5}, 422,
+     "num_return_sequences 5 exceeds max_beams 4"),
     ("too-many-positions", {"src": "a dog", "max_tgt_length": 100}, 422, "lower max_tgt_length"),
     ("ignore-word-oov", {"src": "a dog", "forbid_ignore_word": "zebra"}, 422, "zebra is not a token"),
 ]
@@ -144,7 +145,7 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize("body, status, reason", [c[1:] for c in BAD_REQUESTS], ids=[c[0] for c in BAD_REQUESTS])
 def test_a_bad_request_gets_a_4xx_with_a_one_line_reason(loaded, body, status, reason):
-    with client_for(loaded, "--max_sources_per_request", "4") as client:
+    with client_for(loaded, "--max_sources_per_request", "4", "--max_beams", "4") as client:
         if isinstance(body, bytes):
             answer = client.post("/generate", content=body, headers={"content-type": "application/json"})
         else:
@@ -231,6 +232,7 @@ def test_bad_server_flags_stop_with_one_line(loaded, tmp_path, capsys):
     for flags, expected in ((["--max_batch_size", "0"], "--max_batch_size must be >= 1"),
                             (["--batch_window_ms", "-1"], "--batch_window_ms must be >= 0"),
                             (["--top_k", "3"], "--top_k needs --do_sample"),
+                            (["--beam_size", "40"], "--beam_size 40 exceeds --max_beams 32"),
                             (["--model_path", str(tmp_path / "missing")], "checkpoint directory not found")):
         assert serve.main(["--model_path", str(tmp_path), *flags]) == 2
         assert expected in one_error_line(capsys)
