@@ -64,7 +64,7 @@ def read_sources(path: str, n: int) -> list[str]:
                 if len(found) == n:
                     break
     if not found:
-        raise SystemExit(f"error: {path}: no sources")
+        fail(f"{path}: no sources")
     return list(found)
 
 
@@ -95,7 +95,7 @@ def wait_for_health(server: subprocess.Popen, base: str, timeout: float, log_pat
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if server.poll() is not None:
-            raise SystemExit(f"error: the server exited with status {server.returncode}:\n{tail(log_path)}")
+            fail(f"the server exited with status {server.returncode}:\n{tail(log_path)}")
         try:
             with urllib.request.urlopen(f"{base}/health", timeout=2) as answer:
                 if answer.status == 200:
@@ -103,7 +103,12 @@ def wait_for_health(server: subprocess.Popen, base: str, timeout: float, log_pat
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.2)
-    raise SystemExit(f"error: no answer from {base}/health within {timeout:.0f} s:\n{tail(log_path)}")
+    fail(f"no answer from {base}/health within {timeout:.0f} s:\n{tail(log_path)}")
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def tail(path: str, lines: int = 20) -> str:
@@ -204,7 +209,7 @@ def report(result: dict) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.clients < 1 or args.requests < 1:
-        raise SystemExit("error: --clients and --requests must be >= 1")
+        fail("--clients and --requests must be >= 1")
     port = free_port()
     base = f"http://{HOST}:{port}"
     log_path = args.server_log or os.path.join(tempfile.mkdtemp(prefix="serve_load_"), "server.log")
