@@ -19,6 +19,7 @@ from .decoding import SearchConfig
 from .detokenize import DETOKENIZERS
 from .errors import TrainingStopped, UsageError  # noqa: F401  (re-exported: older code imports them from here)
 from .precision import PRECISIONS
+from .quantize import QUANTIZE_CHOICES, check_quantize
 
 # Errors caused by the user's input: reported as one line, never as a traceback.
 USER_ERRORS = (UsageError, DataError, CheckpointError)
@@ -27,6 +28,17 @@ USER_ERRORS = (UsageError, DataError, CheckpointError)
 def add_precision_flags(add: Callable) -> None:
     add("--precision", default=None, choices=PRECISIONS, help="torch.autocast mixed precision (default fp32)")
     add("--fp16", action="store_true", help="alias of --precision fp16 (apex is not used)")
+
+
+def add_quantize_flag(add: Callable) -> None:
+    add("--quantize", default="none", choices=QUANTIZE_CHOICES,
+        help="int8: dynamic int8 linear layers (CPU, fp32; weights per channel, inputs per call), for speed; the "
+             "checkpoint is not changed")
+
+
+def check_quantize_flag(args: argparse.Namespace) -> None:
+    """UsageError unless ``--quantize`` goes with ``--device`` (None: the default) and the resolved precision."""
+    check_quantize(args.quantize, args.device or ("cuda" if torch.cuda.is_available() else "cpu"), args.precision)
 
 
 def add_detokenize_flag(add: Callable, help_text: str) -> None:

@@ -18,8 +18,8 @@ from typing import Optional
 
 import torch
 
-from .cli import (add_detokenize_flag, add_device_flags, add_log_level_flag, add_precision_flags, add_search_flags,
-                  check_device, check_search_args, run_cli, search_config)
+from .cli import (add_detokenize_flag, add_device_flags, add_log_level_flag, add_precision_flags, add_quantize_flag,
+                  add_search_flags, check_device, check_quantize_flag, check_search_args, run_cli, search_config)
 from .data import DataError, read_sources, report_skipped
 from .detokenize import DETOKENIZE_HELP
 from .distributed import World, init_world
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_flags(add, " (> 1 needs --output_format jsonl)")
     add("--max_seq_length", type=int, default=None, help="source + target budget (s2s-ft); source gets the rest")
     add_precision_flags(add)
+    add_quantize_flag(add)
     add("--no_cache", action="store_true", help="reference path: recompute the whole sequence every step")
     add("--output_format", default="text", choices=("text", "jsonl"))
     add_detokenize_flag(add, DETOKENIZE_HELP)
@@ -76,6 +77,7 @@ def check_decode_args(args: argparse.Namespace) -> None:
         raise UsageError("--num_return_sequences > 1 needs --output_format jsonl")
     args.precision = resolve_precision(args.precision, args.fp16)
     check_device(args.device)
+    check_quantize_flag(args)
     directory = os.path.dirname(os.path.abspath(args.output_file))
     if not os.path.isdir(directory):
         raise UsageError(f"--output_file {args.output_file}: directory {directory} does not exist")
@@ -115,7 +117,7 @@ def _decode_file(args: argparse.Namespace, device: torch.device, world: World) -
 def decode_checkpoint(args: argparse.Namespace, path: str, sources: list, numbers: list[int], output: str,
                       device: torch.device, world: World) -> None:
     """Decode ``sources`` with the checkpoint ``path`` into ``output`` (rank 0 writes it)."""
-    loaded = load_decoder(path, str(device), args.precision, args.detokenize)
+    loaded = load_decoder(path, str(device), args.precision, args.detokenize, args.quantize)
     max_tgt = args.max_tgt_length or int(loaded.settings["max_target_seq_length"])
     if args.min_len > max_tgt:
         raise UsageError(f"--min_len {args.min_len} exceeds the target length {max_tgt}")
@@ -145,6 +147,8 @@ def decode_checkpoint(args: argparse.Namespace, path: str, sources: list, number
 
     if args.resume:
         settings = {k: v for k, v in vars(args).items() if k not in NOT_OUTPUT_SETTINGS}
+        if settings["quantize"] == "none":  # an fp32 run keeps its record from before --quantize existed
+            del settings["quantize"]
         decode_resumable(output, len(sources), args.resume_chunk, decode_range,
                          resume_identity(args.input_file, path, settings), world)
     else:

@@ -39,7 +39,8 @@ from contextlib import asynccontextmanager
 from typing import Callable, Optional
 
 from .cli import (SEARCH_FLAGS, add_detokenize_flag, add_device_flags, add_log_level_flag, add_precision_flags,
-                  add_search_flags, check_device, check_search_args, run_cli, search_config)
+                  add_quantize_flag, add_search_flags, check_device, check_quantize_flag, check_search_args, run_cli,
+                  search_config)
 from .data import tokenize_sides
 from .decoding import SearchConfig
 from .detokenize import DETOKENIZE_HELP
@@ -389,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
              "or refuse the request (422)")
     add_search_flags(add, " (> 1: each source's output is a list)")
     add_precision_flags(add)
+    add_quantize_flag(add)
     add_detokenize_flag(add, DETOKENIZE_HELP)
     add_device_flags(add)
     add_log_level_flag(add)
@@ -406,12 +408,13 @@ def check_serve_args(args: argparse.Namespace) -> None:
     check_settings(args, args.max_beams)
     check_device(args.device)
     args.precision = resolve_precision(args.precision, args.fp16, args.device)
+    check_quantize_flag(args)
 
 
 def make_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Server:
     """Check the flags, load the checkpoint; the Server with the search flags as the requests' defaults."""
     check_serve_args(args)
-    loaded = load_decoder(args.model_path, args.device, args.precision, args.detokenize)
+    loaded = load_decoder(args.model_path, args.device, args.precision, args.detokenize, args.quantize)
     server = Server(loaded, args, option_types(parser))
     check_settings(server.settings({}), args.max_beams)  # e.g. --min_len against the checkpoint's target length
     return server

@@ -134,4 +134,4 @@ def test_the_same_thing_has_the_same_flag_name_in_every_tool():
     for name in SEARCH_FLAGS:
         assert serve_flags[name] == decode_flags[name], name
         assert serve.build_parser().get_default(name) == decode.build_parser().get_default(name), name
-    assert serve_flags["device"] == decode_flags["device"]
+    assert serve_flags["device"] == decode_flags["device"] and serve_flags["quantize"] == decode_flags["quantize"]

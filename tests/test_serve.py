@@ -233,6 +233,7 @@ def test_bad_server_flags_stop_with_one_line(loaded, tmp_path, capsys):
                             (["--batch_window_ms", "-1"], "--batch_window_ms must be >= 0"),
                             (["--top_k", "3"], "--top_k needs --do_sample"),
                             (["--beam_size", "40"], "--beam_size 40 exceeds --max_beams 32"),
+                            (["--quantize", "int8", "--precision", "bf16"], "--quantize int8 takes fp32"),
                             (["--model_path", str(tmp_path / "missing")], "checkpoint directory not found")):
         assert serve.main(["--model_path", str(tmp_path), *flags]) == 2
         assert expected in one_error_line(capsys)
