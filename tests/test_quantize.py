@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import ROOT, one_error_line, train_args
+from conftest import ROOT, one_error_line, train_args, trained_checkpoint
 from test_decoding import SOURCES, VARIANTS, make, reference_log_probs, special
 from s2s_ft import decode, inference, train
 from s2s_ft.decoding import SearchConfig, Seq2SeqDecoder
@@ -177,10 +177,7 @@ def test_without_vnni_inputs_are_quantised_to_7_bits():
 # -- the command line and the API ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(tiny_bert, train_file, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained")
-    assert train.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "20", "--save_steps",
-                                 "20")) == 0
-    return str(out / "ckpt-20")
+    return trained_checkpoint(tiny_bert, train_file, tmp_path_factory, 20)
 
 
 def digest(directory) -> dict:

@@ -7,18 +7,15 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import write_tiny_bert  # noqa: E402
-from s2s_ft import checkpoint, serve  # noqa: E402
-from s2s_ft.data import load_tokenizer, special_ids  # noqa: E402
+from conftest import random_weights_checkpoint  # noqa: E402
+from s2s_ft import serve  # noqa: E402
 from s2s_ft.inference import load_decoder  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -32,20 +29,7 @@ SOURCES = ["the cat sat on the mat", "a dog", "the big red house is on the small
 def loaded(tmp_path_factory):
     """A fine-tuned-style checkpoint with random weights (large, so that outputs differ between sources and end
     at different lengths), loaded once."""
-    base = write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), WORDS)
-    model, info = checkpoint.load_pretrained("bert", base)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.3)
-    tokenizer = load_tokenizer(base)
-    special = special_ids(tokenizer, *checkpoint.default_segment_ids("bert", info["hf_config"]))
-    out = tmp_path_factory.mktemp("ckpt") / "ckpt-0"
-    checkpoint.save_checkpoint(model, str(out), "bert", info["hf_config"], tokenizer, {
-        "fine_tune": "pseudo_masked", "max_source_seq_length": 10, "max_target_seq_length": 8,
-        "special_ids": asdict(special)})
-    return load_decoder(str(out), "cpu")
+    return load_decoder(random_weights_checkpoint(tmp_path_factory, 10, WORDS), "cpu")
 
 
 def client_for(loaded, *flags, window_ms: float = 1.0, max_batch_size: int = 32) -> TestClient:
