@@ -19,12 +19,14 @@ setup(
     description="Fine-tune pretrained BERT-like checkpoints as sequence-to-sequence generators (s2s-ft style)",
     packages=find_packages(include=["s2s_ft*", "mass_objective*"]),
     # run_seq2seq.py and decode_seq2seq.py stay in the checkout as the s2s-ft-compatible scripts; installed, the
-    # tools are these commands (and python -m s2s_ft.train / s2s_ft.decode / s2s_ft.evaluate).
+    # tools are these commands (and python -m s2s_ft.train / s2s_ft.decode / s2s_ft.evaluate / s2s_ft.serve;
+    # s2s-ft-serve needs the serve extra).
     entry_points={
         "console_scripts": [
             "s2s-ft-train = s2s_ft.train:main",
             "s2s-ft-decode = s2s_ft.decode:main",
             "s2s-ft-eval = s2s_ft.evaluate:main",
+            "s2s-ft-serve = s2s_ft.serve:main",
         ],
     },
     python_requires=">=3.9",
@@ -37,7 +39,8 @@ setup(
         "numpy",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "httpx"],  # httpx: FastAPI's TestClient (tests/test_serve.py, with the serve extra)
         "eval": ["rouge-score", "sacrebleu", "nltk", "matplotlib"],
+        "serve": ["fastapi", "uvicorn"],  # s2s-ft-serve
     },
 )

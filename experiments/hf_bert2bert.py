@@ -52,6 +52,7 @@ import random
 import shutil
 import sys
 import time
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -138,12 +139,16 @@ def resume(state_path: str, steps: int, device, model, optimizer, scheduler) -> 
     return state["step"]
 
 
-def warm_started(model_dir: str, fresh_head_init: str):
+def warm_started(model_dir: str, fresh_head_init: str, dropout: Optional[float] = None):
     """bert2bert from ``model_dir`` (encoder and decoder), the decoder's LM head started as the identity when
-    ``fresh_head_init`` says so and the checkpoint has no head."""
+    ``fresh_head_init`` says so and the checkpoint has no head; ``dropout`` (None: the config's) replaces the hidden
+    and attention dropout of both stacks, as our --dropout does."""
     from transformers import EncoderDecoderModel
 
-    model = EncoderDecoderModel.from_encoder_decoder_pretrained(model_dir, model_dir)
+    overrides = {} if dropout is None else {
+        f"{side}_{name}": dropout for side in ("encoder", "decoder")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob")}
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(model_dir, model_dir, **overrides)
     if fresh_head_init == "identity":
         if any(key.startswith(("cls.predictions.transform.", "predictions.transform."))
                for key in checkpoint_keys(model_dir)):
@@ -182,7 +187,7 @@ def train(args) -> None:
 
     torch.manual_seed(args.seed)  # the seed also draws the new cross-attention weights
     random.seed(args.seed)
-    model = warm_started(args.model_dir, args.fresh_head_init).to(device)
+    model = warm_started(args.model_dir, args.fresh_head_init, args.dropout).to(device)
     set_special_ids(model, tokenizer)
     sampler = token_budget_sampler(pairs, args.max_tokens_per_batch, args.seed) if args.max_tokens_per_batch else None
     optimizer, scheduler = make_optimizer(model, learning_rate=args.lr, weight_decay=args.weight_decay,
@@ -306,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--adam_epsilon", type=float, default=1e-8)
     t.add_argument("--max_grad_norm", type=float, default=1.0)
     t.add_argument("--label_smoothing", type=float, default=0.1)
+    t.add_argument("--dropout", type=float, default=None,
+                   help="hidden and attention dropout of encoder and decoder (default: the checkpoint config's)")
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--save_steps", type=int, default=500, help="resumable training state every N steps")
     t.add_argument("--logging_steps", type=int, default=50)

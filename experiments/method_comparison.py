@@ -10,11 +10,12 @@ Four systems, all starting from the same checkpoint (default: the packaged all-M
 
 All systems use the recipe of README "Recommended settings" (``experiments/squad_qg_recipe.sh`` for SQuAD-QG)
 where it applies: the fresh MLM head starts as the identity (``--fresh_head_init identity``; for bert2bert the
-decoder's LM head, see ``hf_bert2bert.py``), token-budget batches (``--max_tokens``: rows x longest packed length;
-bert2bert counts encoder + decoder tokens, our causal packed length, so at the same budget our masked and
-pseudo-masked layouts, which are longer, get fewer examples per batch), a high peak learning rate with linear warmup
-(``--warmup_ratio`` x steps) and linear decay, bf16 autocast where the CPU computes bf16 natively (``avx512_bf16`` or
-``amx_bf16`` in /proc/cpuinfo; else fp32; ``--precision`` overrides), and per-dataset search settings and output
+decoder's LM head, see ``hf_bert2bert.py``), token-budget batches
+(``--max_tokens``: rows x longest packed length; bert2bert counts encoder + decoder tokens, our causal packed
+length, so at the same budget our masked and pseudo-masked layouts, which are longer, get fewer examples per batch),
+a high peak learning rate with linear warmup (``--warmup_ratio`` x steps) and linear decay, bf16 autocast where
+the CPU computes bf16 natively (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo; else fp32; ``--precision``
+overrides), and per-dataset search settings and output
 detokenisation (SQuAD-QG: beam 5, length penalty 2.0, at least 6 tokens, no repeated trigram, Penn-Treebank
 detokenisation as its references are tokenised). Every system gets the same training examples (per seed), the same
 number of optimizer steps, learning rate and schedule, label smoothing, maximum lengths, precision, and the same
@@ -180,6 +181,9 @@ def parse_args(argv=None):
     p.add_argument("--label_smoothing", type=float, default=0.1, help="default %(default)s")
     p.add_argument("--fresh_head_init", default="identity", choices=("random", "identity"),
                    help="how an LM head the checkpoint lacks starts (default %(default)s)")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="hidden and attention dropout of every system (default: the checkpoint config's, as the "
+                        "recipe; 0 learns faster early and ends lower, experiments/results/dropout_probe)")
     p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="training and decoding precision (default: bf16 if /proc/cpuinfo lists avx512_bf16 or "
                         "amx_bf16, else fp32)")
@@ -218,7 +222,7 @@ def settings_for(args, dataset: str, model_dir: str) -> dict:
     return {"model_dir": model_dir, "steps": steps, "max_tokens": args.max_tokens[dataset],
             "batch_size": args.batch_size[dataset], "lr": args.lr[dataset],
             "warmup_steps": round(args.warmup_ratio * steps), "label_smoothing": args.label_smoothing,
-            "fresh_head_init": args.fresh_head_init, "precision": args.precision,
+            "fresh_head_init": args.fresh_head_init, "dropout": args.dropout, "precision": args.precision,
             "max_source_len": args.max_source_len[dataset], "max_target_len": args.max_target_len[dataset],
             "eval_examples": args.eval_examples, "grouped_eval": DATASETS[dataset].grouped,
             "beam_size": args.beam_size[dataset], "length_penalty": args.length_penalty[dataset],
@@ -385,7 +389,8 @@ class Unit:
                     "--precision", s["precision"],
                     "--lr", str(s["lr"]), "--steps", str(s["steps"]), "--warmup_steps", str(s["warmup_steps"]),
                     "--label_smoothing", str(s["label_smoothing"]), "--seed", str(self.seed),
-                    "--save_steps", str(self.args.save_steps), "--logging_steps", str(self.logging_steps())]
+                    "--save_steps", str(self.args.save_steps), "--logging_steps", str(self.logging_steps()),
+                    *self.dropout_flag()]
         batching = (["--max_tokens_per_batch", str(s["max_tokens"])] if s["max_tokens"]
                     else ["--per_device_train_batch_size", str(s["batch_size"])])
         return [sys.executable, "run_seq2seq.py", "--model_type", "bert", "--model_name_or_path", s["model_dir"],
@@ -398,7 +403,10 @@ class Unit:
                 "--label_smoothing", str(s["label_smoothing"]), "--seed", str(self.seed),
                 "--save_steps", str(self.args.save_steps), "--save_total_limit", "1",
                 "--logging_steps", str(self.logging_steps()),
-                "--cache_dir", os.path.join(self.args.work_dir, self.dataset, "cache")]
+                "--cache_dir", os.path.join(self.args.work_dir, self.dataset, "cache"), *self.dropout_flag()]
+
+    def dropout_flag(self) -> list:
+        return [] if self.s["dropout"] is None else ["--dropout", str(self.s["dropout"])]
 
     def logging_steps(self) -> int:
         return max(1, min(50, self.s["steps"] // 10))

@@ -4,7 +4,8 @@ sequence-to-sequence generators with one shared Transformer.
 Where things live (README "How the code is laid out"): ``model`` (the only model code), ``methods`` (the fine-tuning
 methods), ``packing`` (pairs -> model inputs), ``checkpoint`` (HF key names per family), ``loss``, ``decoding``
 (cached greedy/beam search), ``training`` (the loop) and ``inference`` (the Python decoding API). The command-line
-tools are ``train``, ``decode`` and ``evaluate`` (``s2s-ft-train``, ``s2s-ft-decode``, ``s2s-ft-eval``).
+tools are ``train``, ``decode``, ``evaluate`` and ``serve`` (``s2s-ft-train``, ``s2s-ft-decode``, ``s2s-ft-eval``,
+``s2s-ft-serve``).
 """
 import re
 

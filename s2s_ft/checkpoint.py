@@ -299,7 +299,7 @@ HEAD_INITS = ("random", "identity")
 
 def load_pretrained(model_type: str, model_name_or_path: Optional[str], config_name: Optional[str] = None,
                     min_positions: Optional[int] = None, log: logging.Logger = _LOG,
-                    head_init: str = "random") -> tuple[UnifiedTransformer, dict]:
+                    head_init: str = "random", dropout: Optional[float] = None) -> tuple[UnifiedTransformer, dict]:
     """Build a ``UnifiedTransformer`` from a local HF / UniLM checkpoint directory.
 
     ``config_name`` (a directory or a JSON file) replaces the directory's config.json; with ``model_name_or_path``
@@ -312,6 +312,9 @@ def load_pretrained(model_type: str, model_name_or_path: Optional[str], config_n
 
     ``head_init`` says how an MLM head that the checkpoint lacks starts: ``random`` (BERT's init) or ``identity``
     (``MLMHead.start_as_identity``; falls back to random, with a warning, where the widths differ).
+
+    ``dropout`` (None: the config's) replaces both the hidden and the attention dropout probability; the saved
+    fine-tuned config records the value trained with.
     """
     if head_init not in HEAD_INITS:
         raise CheckpointError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
@@ -323,6 +326,10 @@ def load_pretrained(model_type: str, model_name_or_path: Optional[str], config_n
     config_path = _config_path(config_name) if config_name else os.path.join(model_name_or_path, CONFIG_NAME)
     hf_config = _read_json(config_path, "config.json")
     config = model_config_from_hf(model_type, hf_config, config_path)
+    if dropout is not None:
+        if not 0 <= dropout < 1:
+            raise CheckpointError(f"dropout must lie in [0, 1), got {dropout}")
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
     if family.head_act_is_gelu and config.hidden_act != "gelu":
         log.warning("%s: hidden_act is %s, but HF's %s head always uses gelu; our MLM head follows hidden_act",
                     config_path, config.hidden_act, family.architecture)

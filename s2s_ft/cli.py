@@ -1,5 +1,6 @@
-"""What the command-line tools (s2s_ft.train, s2s_ft.decode, s2s_ft.evaluate) share: the flags that mean the same
-thing in every tool, logging setup, and turning user errors into one line and exit status 2.
+"""What the command-line tools (s2s_ft.train, s2s_ft.decode, s2s_ft.evaluate, s2s_ft.serve) share: the flags that
+mean the same thing in every tool, the search flags and their checks (decode's flags, the server's defaults and the
+options of a request), logging setup, and turning user errors into one line and exit status 2.
 
 Library modules never import this one (nor the tools): they raise the errors of s2s_ft/errors.py.
 """
@@ -10,11 +11,15 @@ import logging
 import sys
 from typing import Callable, Optional, Sequence
 
+import torch
+
 from .checkpoint import CheckpointError
 from .data import DataError
+from .decoding import SearchConfig
 from .detokenize import DETOKENIZERS
 from .errors import TrainingStopped, UsageError  # noqa: F401  (re-exported: older code imports them from here)
 from .precision import PRECISIONS
+from .quantize import QUANTIZE_CHOICES, check_quantize
 
 # Errors caused by the user's input: reported as one line, never as a traceback.
 USER_ERRORS = (UsageError, DataError, CheckpointError)
@@ -25,8 +30,90 @@ def add_precision_flags(add: Callable) -> None:
     add("--fp16", action="store_true", help="alias of --precision fp16 (apex is not used)")
 
 
+def add_quantize_flag(add: Callable) -> None:
+    add("--quantize", default="none", choices=QUANTIZE_CHOICES,
+        help="int8: dynamic int8 linear layers (CPU, fp32; weights per channel, inputs per call), for speed; the "
+             "checkpoint is not changed")
+
+
+def check_quantize_flag(args: argparse.Namespace) -> None:
+    """UsageError unless ``--quantize`` goes with ``--device`` (None: the default) and the resolved precision."""
+    check_quantize(args.quantize, args.device or ("cuda" if torch.cuda.is_available() else "cpu"), args.precision)
+
+
 def add_detokenize_flag(add: Callable, help_text: str) -> None:
     add("--detokenize", default="text", choices=DETOKENIZERS, help=help_text)
+
+
+def add_search_flags(add: Callable, samples_help: str = "") -> None:
+    """The search settings (SearchConfig) as flags: decode's, and the server's defaults for its requests. Every
+    destination is a SearchConfig setting, ``search_config`` turns them into one and ``check_search_args`` checks
+    them."""
+    add("--beam_size", type=int, default=1)
+    add("--length_penalty", type=float, default=0.0, help="GNMT alpha: score / ((5 + len) / 6) ** alpha")
+    add("--min_len", type=int, default=1)
+    add("--max_tgt_length", "--max_target_seq_length", dest="max_tgt_length", type=int, default=None,
+        help="generated tokens incl. the closing [SEP] (default: the checkpoint's max_target_seq_length)")
+    add("--forbid_duplicate_ngrams", action="store_true")
+    add("--ngram_size", type=int, default=3)
+    add("--forbid_ignore_word", default=None, help="'|'-separated words whose n-grams are never blocked")
+    add("--nbest", type=int, default=1)
+    add("--do_sample", action="store_true", help="sample instead of searching (needs --beam_size 1)")
+    add("--top_k", type=int, default=0, help="with --do_sample: sample among the k most likely tokens (0: all)")
+    add("--top_p", type=float, default=1.0, help="with --do_sample: nucleus, smallest set with probability >= p")
+    add("--temperature", type=float, default=1.0, help="with --do_sample: divides the log-probs (> 0)")
+    add("--num_return_sequences", type=int, default=1, help="with --do_sample: samples per input" + samples_help)
+    add("--seed", type=int, default=0,
+        help="with --do_sample: samples are seeded from (seed, input position, sample index), independent of the "
+             "batch size and process count")
+
+
+# The destinations of add_search_flags, in order.
+SEARCH_FLAGS = ("beam_size", "length_penalty", "min_len", "max_tgt_length", "forbid_duplicate_ngrams", "ngram_size",
+                "forbid_ignore_word", "nbest", "do_sample", "top_k", "top_p", "temperature", "num_return_sequences",
+                "seed")
+
+
+def check_search_args(args: argparse.Namespace) -> None:
+    """UsageError (one line) for an impossible or contradictory search setting of ``add_search_flags``
+    (``max_tgt_length`` may be None: the checkpoint's, checked when it is known)."""
+    for name, low in (("beam_size", 1), ("nbest", 1), ("ngram_size", 1), ("min_len", 0)):
+        if getattr(args, name) < low:
+            raise UsageError(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    if args.max_tgt_length is not None and args.max_tgt_length < 1:
+        raise UsageError(f"--max_tgt_length must be >= 1, got {args.max_tgt_length}")
+    if args.max_tgt_length is not None and args.min_len > args.max_tgt_length:
+        raise UsageError(f"--min_len {args.min_len} exceeds --max_tgt_length {args.max_tgt_length}")
+    if args.nbest > args.beam_size:
+        raise UsageError(f"--nbest {args.nbest} exceeds --beam_size {args.beam_size}")
+    search_config(args, max_tgt_length=1).check()
+
+
+def search_config(args: argparse.Namespace, max_tgt_length: int, ignore=()) -> SearchConfig:
+    """The search settings of the flags (``ignore``: the ids of ``--forbid_ignore_word``)."""
+    return SearchConfig(beam_size=args.beam_size, max_tgt_length=max_tgt_length, min_len=args.min_len,
+                        length_penalty=args.length_penalty, forbid_duplicate_ngrams=args.forbid_duplicate_ngrams,
+                        ngram_size=args.ngram_size, forbid_ignore_ids=ignore, nbest=args.nbest,
+                        use_cache=not getattr(args, "no_cache", False), do_sample=args.do_sample, top_k=args.top_k,
+                        top_p=args.top_p, temperature=args.temperature,
+                        num_return_sequences=args.num_return_sequences, seed=args.seed)
+
+
+def add_device_flags(add: Callable) -> None:
+    add("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if there is a GPU)")
+    add("--no_cuda", dest="device", action="store_const", const="cpu", help="alias of --device cpu (as in training)")
+
+
+def check_device(name: Optional[str]) -> None:
+    """UsageError unless ``--device`` (None: the default) names a device that is there."""
+    if name is None:
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name}: not a device (expected cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no GPU is available; use --device cpu")
 
 
 def add_log_level_flag(add: Callable) -> None:

@@ -18,9 +18,9 @@ from typing import Optional
 
 import torch
 
-from .cli import add_detokenize_flag, add_log_level_flag, add_precision_flags, run_cli
+from .cli import (add_detokenize_flag, add_device_flags, add_log_level_flag, add_precision_flags, add_quantize_flag,
+                  add_search_flags, check_device, check_quantize_flag, check_search_args, run_cli, search_config)
 from .data import DataError, read_sources, report_skipped
-from .decoding import SearchConfig
 from .detokenize import DETOKENIZE_HELP
 from .distributed import World, init_world
 from .errors import UsageError
@@ -46,31 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--output_file", required=True,
         help="one line per input, in input order; with several checkpoints, '.<ckpt name>' is appended")
     add("--batch_size", type=int, default=32)
-    add("--beam_size", type=int, default=1)
-    add("--length_penalty", type=float, default=0.0, help="GNMT alpha: score / ((5 + len) / 6) ** alpha")
-    add("--min_len", type=int, default=1)
-    add("--max_tgt_length", "--max_target_seq_length", dest="max_tgt_length", type=int, default=None,
-        help="generated tokens incl. the closing [SEP] (default: the checkpoint's max_target_seq_length)")
+    add_search_flags(add, " (> 1 needs --output_format jsonl)")
     add("--max_seq_length", type=int, default=None, help="source + target budget (s2s-ft); source gets the rest")
-    add("--forbid_duplicate_ngrams", action="store_true")
-    add("--ngram_size", type=int, default=3)
-    add("--forbid_ignore_word", default=None, help="'|'-separated words whose n-grams are never blocked")
     add_precision_flags(add)
+    add_quantize_flag(add)
     add("--no_cache", action="store_true", help="reference path: recompute the whole sequence every step")
-    add("--nbest", type=int, default=1)
-    add("--do_sample", action="store_true", help="sample instead of searching (needs --beam_size 1)")
-    add("--top_k", type=int, default=0, help="with --do_sample: sample among the k most likely tokens (0: all)")
-    add("--top_p", type=float, default=1.0, help="with --do_sample: nucleus, smallest set with probability >= p")
-    add("--temperature", type=float, default=1.0, help="with --do_sample: divides the log-probs (> 0)")
-    add("--num_return_sequences", type=int, default=1,
-        help="with --do_sample: samples per input (> 1 needs --output_format jsonl)")
-    add("--seed", type=int, default=0,
-        help="with --do_sample: samples are seeded from (seed, input line, sample index), independent of the "
-             "batch size and process count")
     add("--output_format", default="text", choices=("text", "jsonl"))
     add_detokenize_flag(add, DETOKENIZE_HELP)
-    add("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if there is a GPU)")
-    add("--no_cuda", dest="device", action="store_const", const="cpu", help="alias of --device cpu (as in training)")
+    add_device_flags(add)
     add("--skip_bad_lines", action="store_true",
         help="a malformed input line is counted and gets an empty output line (output stays aligned with input)")
     add("--resume", action="store_true",
@@ -84,29 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_decode_args(args: argparse.Namespace) -> None:
     """Contradictory or impossible flags, each as one line."""
-    for name, low in (("batch_size", 1), ("beam_size", 1), ("nbest", 1), ("ngram_size", 1), ("min_len", 0),
-                      ("resume_chunk", 1)):
-        if getattr(args, name) < low:
-            raise UsageError(f"--{name} must be >= {low}, got {getattr(args, name)}")
-    if args.max_tgt_length is not None and args.max_tgt_length < 1:
-        raise UsageError(f"--max_tgt_length must be >= 1, got {args.max_tgt_length}")
-    if args.max_tgt_length is not None and args.min_len > args.max_tgt_length:
-        raise UsageError(f"--min_len {args.min_len} exceeds --max_tgt_length {args.max_tgt_length}")
-    if args.nbest > args.beam_size:
-        raise UsageError(f"--nbest {args.nbest} exceeds --beam_size {args.beam_size}")
+    for name in ("batch_size", "resume_chunk"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    check_search_args(args)
     if args.nbest > 1 and args.output_format != "jsonl":
         raise UsageError("--nbest > 1 needs --output_format jsonl")
-    search_config(args, max_tgt_length=1).check()
     if args.num_return_sequences > 1 and args.output_format != "jsonl":
         raise UsageError("--num_return_sequences > 1 needs --output_format jsonl")
     args.precision = resolve_precision(args.precision, args.fp16)
-    if args.device is not None:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            raise UsageError(f"--device {args.device}: not a device (expected cpu, cuda or cuda:N)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(f"--device {args.device}: no GPU is available; use --device cpu")
+    check_device(args.device)
+    check_quantize_flag(args)
     directory = os.path.dirname(os.path.abspath(args.output_file))
     if not os.path.isdir(directory):
         raise UsageError(f"--output_file {args.output_file}: directory {directory} does not exist")
@@ -146,7 +117,7 @@ def _decode_file(args: argparse.Namespace, device: torch.device, world: World) -
 def decode_checkpoint(args: argparse.Namespace, path: str, sources: list, numbers: list[int], output: str,
                       device: torch.device, world: World) -> None:
     """Decode ``sources`` with the checkpoint ``path`` into ``output`` (rank 0 writes it)."""
-    loaded = load_decoder(path, str(device), args.precision, args.detokenize)
+    loaded = load_decoder(path, str(device), args.precision, args.detokenize, args.quantize)
     max_tgt = args.max_tgt_length or int(loaded.settings["max_target_seq_length"])
     if args.min_len > max_tgt:
         raise UsageError(f"--min_len {args.min_len} exceeds the target length {max_tgt}")
@@ -176,6 +147,8 @@ def decode_checkpoint(args: argparse.Namespace, path: str, sources: list, number
 
     if args.resume:
         settings = {k: v for k, v in vars(args).items() if k not in NOT_OUTPUT_SETTINGS}
+        if settings["quantize"] == "none":  # an fp32 run keeps its record from before --quantize existed
+            del settings["quantize"]
         decode_resumable(output, len(sources), args.resume_chunk, decode_range,
                          resume_identity(args.input_file, path, settings), world)
     else:
@@ -183,16 +156,6 @@ def decode_checkpoint(args: argparse.Namespace, path: str, sources: list, number
         if world.is_main:
             write_lines_atomic(output, lines)
     log.info("wrote %d lines to %s", len(sources), output)
-
-
-def search_config(args: argparse.Namespace, max_tgt_length: int, ignore=()) -> SearchConfig:
-    """The search settings of the flags."""
-    return SearchConfig(beam_size=args.beam_size, max_tgt_length=max_tgt_length, min_len=args.min_len,
-                        length_penalty=args.length_penalty, forbid_duplicate_ngrams=args.forbid_duplicate_ngrams,
-                        ngram_size=args.ngram_size, forbid_ignore_ids=ignore, nbest=args.nbest,
-                        use_cache=not args.no_cache, do_sample=args.do_sample, top_k=args.top_k, top_p=args.top_p,
-                        temperature=args.temperature, num_return_sequences=args.num_return_sequences,
-                        seed=args.seed)
 
 
 def source_ids(args: argparse.Namespace, loaded: LoadedDecoder, sources: list, numbers: list[int],

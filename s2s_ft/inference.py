@@ -21,6 +21,7 @@ from .detokenize import DETOKENIZERS, detokenize
 from .errors import UsageError
 from .packing import SpecialIds
 from .precision import AUTOCAST_DTYPES, resolve_precision
+from .quantize import check_quantize, quantize_int8
 
 log = logging.getLogger("s2s_ft")
 
@@ -105,12 +106,17 @@ class LoadedDecoder:
 
 
 def load_decoder(path: str, device: Optional[str] = None, precision: str = "fp32",
-                 detokenize: str = "text") -> LoadedDecoder:
+                 detokenize: str = "text", quantize: str = "none") -> LoadedDecoder:
     """The checkpoint directory ``path`` (written by training) ready to decode on ``device`` (default: the GPU if
-    there is one) in ``precision`` (fp32, bf16, or fp16 on a GPU), detokenising in the ``detokenize`` style."""
+    there is one) in ``precision`` (fp32, bf16, or fp16 on a GPU), detokenising in the ``detokenize`` style.
+    ``quantize="int8"``: dynamic int8 linear layers (CPU, fp32 only; s2s_ft/quantize.py), applied to the model in
+    memory; the checkpoint directory is only read."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = resolve_precision(precision, device=device)
+    check_quantize(quantize, device, precision)
     model, settings = checkpoint.load_finetuned(path)
+    if quantize == "int8":
+        quantize_int8(model)
     tokenizer = load_tokenizer(path)
     special = SpecialIds(**settings["special_ids"])
     decoder = Seq2SeqDecoder(model, special, settings["fine_tune"], device, AUTOCAST_DTYPES[precision])

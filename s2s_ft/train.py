@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--fresh_head_init", default="random", choices=checkpoint.HEAD_INITS,
         help="how an MLM head the checkpoint lacks starts: random (BERT init) or identity (transform = I, "
              "LayerNorm copied from the last layer: the tied decoder scores words by similarity from step 0)")
+    add("--dropout", type=float, default=None,
+        help="hidden and attention dropout probability (default: the checkpoint config's); 0 also saves drawing the "
+             "dropout masks, a measurable share of a small model's step on a CPU")
     add("--tokenizer_name", default=None, help="tokenizer directory (default: the model directory)")
     add("--train_file", required=True,
         help="seq2seq: JSONL, one {\"src\": ..., \"tgt\": ...} a line; mass: one sentence a line (plain text, "

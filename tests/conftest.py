@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # import s2s_ft without installing it
 
+from s2s_ft import checkpoint, train  # noqa: E402
+from s2s_ft.data import load_tokenizer, special_ids  # noqa: E402
 from s2s_ft.model import ModelConfig, UnifiedTransformer
 from s2s_ft.packing import Pair, SpecialIds
 
@@ -183,6 +186,33 @@ def train_file(tmp_path_factory):
             handle.write(json.dumps({"src": src, "tgt": tgt}) + "\n")
         handle.write(json.dumps({"src": ["the", "dog"], "tgt": ["who", "?"]}) + "\n")  # pre-tokenised pieces
     return str(path)
+
+
+def trained_checkpoint(tiny_bert, train_file, tmp_path_factory, steps: int) -> str:
+    """Fine-tune the tiny BERT for ``steps`` steps; returns the final checkpoint directory."""
+    out = tmp_path_factory.mktemp("trained")
+    assert train.main(train_args(tiny_bert, train_file, out, "--num_training_steps", str(steps), "--save_steps",
+                                 str(steps))) == 0
+    return str(out / f"ckpt-{steps}")
+
+
+def random_weights_checkpoint(tmp_path_factory, max_source_seq_length: int, words=WORDS) -> str:
+    """A fine-tuned-style checkpoint with random weights larger than BERT's init (std 0.3), so that outputs differ
+    between sources and hypotheses end early and at different lengths (finished sentences leave the batch)."""
+    base = write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), words)
+    model, info = checkpoint.load_pretrained("bert", base)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.3)
+    tokenizer = load_tokenizer(base)
+    special = special_ids(tokenizer, *checkpoint.default_segment_ids("bert", info["hf_config"]))
+    out = tmp_path_factory.mktemp("ckpt") / "ckpt-0"
+    checkpoint.save_checkpoint(model, str(out), "bert", info["hf_config"], tokenizer, {
+        "fine_tune": "pseudo_masked", "max_source_seq_length": max_source_seq_length, "max_target_seq_length": 8,
+        "special_ids": asdict(special)})
+    return str(out)
 
 
 def train_args(model_dir, train_file, output_dir, *extra):

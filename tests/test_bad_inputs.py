@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import one_error_line, train_args
+from conftest import one_error_line, train_args, trained_checkpoint
 from s2s_ft import decode, evaluate, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,10 +21,7 @@ GOOD = '{"src": "the cat sat", "tgt": "who sat ?"}\n'
 
 @pytest.fixture(scope="module")
 def trained(tiny_bert, train_file, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained")
-    assert train.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "2", "--save_steps",
-                                 "2")) == 0
-    return str(out / "ckpt-2")
+    return trained_checkpoint(tiny_bert, train_file, tmp_path_factory, 2)
 
 
 # ---------------------------------------------------------------------------------------------------- training

@@ -154,6 +154,30 @@ def test_identity_head_needs_a_square_transform(tmp_path, caplog):
         load_pretrained("electra", str(tmp_path), head_init="zeros")
 
 
+def test_dropout_override(hf_checkpoints, tmp_path):
+    """dropout=0 replaces both probabilities: a training-mode forward equals HF's eval-mode hidden states (the
+    checkpoint's own 0.1 would make it random), and the saved config records the value trained with."""
+    model_type, path, _ = hf_checkpoints["bert"]
+    model, info = load_pretrained(model_type, path, dropout=0.0)
+    assert info["hf_config"]["hidden_dropout_prob"] > 0  # the checkpoint's own dropout is on
+    ids, zeros = input_ids(), torch.zeros_like(input_ids())
+    positions = torch.arange(ids.shape[1]).expand_as(ids)
+    expected = hf_outputs(T.BertModel.from_pretrained(path).eval(), ids).last_hidden_state
+
+    def training_forward(m):
+        with torch.no_grad():
+            return m.train()(ids, positions, zeros, zeros, zeros)
+
+    assert max_diff(training_forward(model), expected) < TOL
+    default, _ = load_pretrained(model_type, path)
+    assert max_diff(training_forward(default), expected) > 1e-3
+    save_checkpoint(model, str(tmp_path), model_type, info["hf_config"])
+    saved = json.load(open(tmp_path / "config.json"))
+    assert saved["hidden_dropout_prob"] == saved["attention_probs_dropout_prob"] == 0.0
+    with pytest.raises(CheckpointError, match="dropout must lie in"):
+        load_pretrained(model_type, path, dropout=1.0)
+
+
 @pytest.mark.parametrize("name", sorted(HAS_MLM_HEAD))
 def test_mlm_logits_match_hf(name, hf_checkpoints):
     model_type, path, hf_model = hf_checkpoints[name]

@@ -4,14 +4,11 @@ up-front check of the position budget."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 import pytest
-import torch
 
-from conftest import launch, write_tiny_bert
-from s2s_ft import checkpoint, decode, inference
-from s2s_ft.data import load_tokenizer, special_ids
+from conftest import launch, random_weights_checkpoint
+from s2s_ft import decode, inference
 
 WORDS = "the a cat dog sat ran on mat big small red blue who what where is was house tree bird fish".split()
 
@@ -26,20 +23,7 @@ SOURCES = ["the cat sat on the mat", "a dog", "the big red house is on the small
 def random_checkpoint(tmp_path_factory) -> str:
     """A fine-tuned-style checkpoint with random weights, larger than BERT's init so that hypotheses end early
     and at different lengths (finished sentences leave the batch)."""
-    base = write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), WORDS)
-    model, info = checkpoint.load_pretrained("bert", base)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.3)
-    tokenizer = load_tokenizer(base)
-    special = special_ids(tokenizer, *checkpoint.default_segment_ids("bert", info["hf_config"]))
-    out = tmp_path_factory.mktemp("ckpt") / "ckpt-0"
-    checkpoint.save_checkpoint(model, str(out), "bert", info["hf_config"], tokenizer, {
-        "fine_tune": "pseudo_masked", "max_source_seq_length": 24, "max_target_seq_length": 8,
-        "special_ids": asdict(special)})
-    return str(out)
+    return random_weights_checkpoint(tmp_path_factory, 24, WORDS)
 
 
 @pytest.fixture(scope="module")

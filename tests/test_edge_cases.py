@@ -96,7 +96,11 @@ def test_setup_requires_the_torch_minimum_the_code_checks(monkeypatch):
     # installed, the tools are commands; no generic top-level modules (run_seq2seq.py stays a checkout script)
     assert "py_modules" not in captured
     assert sorted(captured["entry_points"]["console_scripts"]) == [
-        "s2s-ft-decode = s2s_ft.decode:main", "s2s-ft-eval = s2s_ft.evaluate:main", "s2s-ft-train = s2s_ft.train:main"]
+        "s2s-ft-decode = s2s_ft.decode:main", "s2s-ft-eval = s2s_ft.evaluate:main",
+        "s2s-ft-serve = s2s_ft.serve:main", "s2s-ft-train = s2s_ft.train:main"]
+    # the server's packages are an extra (scripts/setup.sh installs it with the test extra)
+    assert {"fastapi", "uvicorn"} <= set(captured["extras_require"]["serve"])
+    assert "httpx" in captured["extras_require"]["test"]
 
 
 @pytest.mark.parametrize("version, ok", [("2.3.1", False), ("1.13.0+cu117", False), ("2.4.0", True),

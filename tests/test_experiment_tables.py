@@ -192,3 +192,26 @@ def test_output_diagnostics_count_distinct_outputs_and_source_words():
     # Only the first output shares a word beyond function and question words ("super", "bowl", "50");
     # the second shares "the", "was" and "in" with its source, which do not count.
     assert row["shares_source_word"] == pytest.approx(100 / 3)
+
+
+def test_dropout_reaches_every_trainer(tmp_path):
+    """--dropout is a recorded setting and both trainers get it; without it (the checkpoint's dropout) neither
+    command carries the flag."""
+    for flags, expected in (([], None), (["--dropout", "0"], ["--dropout", "0.0"])):
+        args = mc.parse_args(["--work_dir", str(tmp_path), *flags])
+        settings = mc.settings_for(args, "scitldr", "/ckpt")
+        assert settings["dropout"] == (None if expected is None else float(expected[1]))
+        for system in ("pseudo_masked", "hf_bert2bert"):
+            command = mc.Unit(args, "scitldr", system, 1, settings, "/eval.jsonl").train_command()
+            if expected is None:
+                assert "--dropout" not in command
+            else:
+                at = command.index("--dropout")
+                assert command[at:at + 2] == expected
+
+
+def test_scitldr_contribution_sentence_baseline():
+    baselines = load_script("experiments", "scitldr_baselines")
+    abstract = "Deep nets forget. In this work we study forgetting. We propose a fix! It works."
+    assert baselines.contribution_sentence(abstract) == "In this work we study forgetting."
+    assert baselines.contribution_sentence("No claim here. None at all.") == "No claim here."

@@ -14,7 +14,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tools. s2s_ft/cli.py (the flags and error reporting they share) imports only library modules, so the small
 # `python -m` mains of library modules (plotting, minilm) may use it.
-CLI_MODULES = {"s2s_ft.train", "s2s_ft.decode", "s2s_ft.evaluate"}
+CLI_MODULES = {"s2s_ft.train", "s2s_ft.decode", "s2s_ft.evaluate", "s2s_ft.serve"}
 SCRIPTS = {"run_seq2seq", "decode_seq2seq"}
 MAX_FUNCTION_LINES = 80
 FLAG_TABLES = {"build_parser"}  # one add_argument call per flag: a table, however long
@@ -93,7 +93,7 @@ def test_console_entry_points_name_the_tools_main_functions():
     import importlib
 
     points = entry_points()
-    assert set(points) == {"s2s-ft-train", "s2s-ft-decode", "s2s-ft-eval"}
+    assert set(points) == {"s2s-ft-train", "s2s-ft-decode", "s2s-ft-eval", "s2s-ft-serve"}
     for target in points.values():
         module, _, function = target.partition(":")
         assert callable(getattr(importlib.import_module(module), function)), target
@@ -101,7 +101,7 @@ def test_console_entry_points_name_the_tools_main_functions():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", [["-m", "s2s_ft.train"], ["-m", "s2s_ft.decode"], ["-m", "s2s_ft.evaluate"],
-                                     ["run_seq2seq.py"], ["decode_seq2seq.py"]])
+                                     ["-m", "s2s_ft.serve"], ["run_seq2seq.py"], ["decode_seq2seq.py"]])
 def test_every_tool_runs_as_a_module_and_as_a_script(command):
     result = subprocess.run([sys.executable, *command, "--help"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)
@@ -109,7 +109,7 @@ def test_every_tool_runs_as_a_module_and_as_a_script(command):
 
 
 def test_the_same_thing_has_the_same_flag_name_in_every_tool():
-    from s2s_ft import decode, evaluate, train
+    from s2s_ft import decode, evaluate, serve, train
 
     def spellings(parser) -> dict[str, set[str]]:
         """Every flag spelling per destination."""
@@ -119,12 +119,19 @@ def test_the_same_thing_has_the_same_flag_name_in_every_tool():
         return found
 
     train_flags, decode_flags = spellings(train.build_parser()), spellings(decode.build_parser())
+    serve_flags = spellings(serve.build_parser())
     assert "--max_tgt_length" in train_flags["max_target_seq_length"]  # decode's name, accepted by train
     assert "--max_target_seq_length" in decode_flags["max_tgt_length"]  # and train's name by decode
-    for flags in (train_flags, decode_flags):
+    for flags in (train_flags, decode_flags, serve_flags):
         assert {"--precision"} <= flags["precision"] and {"--fp16"} <= flags["fp16"]
         assert flags["detokenize"] == {"--detokenize"}
-    for parser in (train.build_parser(), decode.build_parser(), evaluate.build_parser()):
+    for parser in (train.build_parser(), decode.build_parser(), evaluate.build_parser(), serve.build_parser()):
         assert parser.get_default("log_level") == "INFO"
     assert train.build_parser().get_default("precision") is decode.build_parser().get_default("precision") is None
     assert "--no_cuda" in decode_flags["device"] and "--no_cuda" in train_flags["no_cuda"]
+    # the server's defaults for its requests are decode's search flags, spelled and defaulting alike
+    from s2s_ft.cli import SEARCH_FLAGS
+    for name in SEARCH_FLAGS:
+        assert serve_flags[name] == decode_flags[name], name
+        assert serve.build_parser().get_default(name) == decode.build_parser().get_default(name), name
+    assert serve_flags["device"] == decode_flags["device"] and serve_flags["quantize"] == decode_flags["quantize"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import train_args
+from conftest import train_args, trained_checkpoint
 from s2s_ft import decode, inference, rundir, train, training
 
 
@@ -101,10 +101,7 @@ def test_save_total_limit_and_stale_temporaries(tiny_bert, train_file, tmp_path)
 # ---------------------------------------------------------------------------------------------------- decode --resume
 @pytest.fixture(scope="module")
 def trained(tiny_bert, train_file, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained")
-    assert train.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "20", "--save_steps",
-                                 "20")) == 0
-    return str(out / "ckpt-20")
+    return trained_checkpoint(tiny_bert, train_file, tmp_path_factory, 20)
 
 
 SOURCES = ["the cat sat on the mat", "a dog", "the tree is blue and the bird is red", "fish", "who ran ?",
