@@ -10,7 +10,8 @@
 # (grouped-reference BLEU-4 / METEOR / ROUGE-L / sacreBLEU, `distinct` and `source_overlap` as fractions,
 # `train_seconds`, and the same figures for the baselines). Re-run the same command after an interruption:
 # training resumes exactly from its last checkpoint, decoding from its last finished chunk.
-# Overridable: PYTHON, MODEL_DIR (default: the pip-installed all-MiniLM-L6-v2), STEPS, SEED, PRECISION.
+# Overridable: PYTHON, MODEL_DIR (default: the pip-installed all-MiniLM-L6-v2), STEPS, SEED, PRECISION,
+# DROPOUT_FROM_STEP (late dropout: none before this step).
 set -euo pipefail
 if [ $# -ne 2 ]; then
   echo "usage: bash $0 DATA_DIR WORK_DIR" >&2
@@ -23,6 +24,7 @@ PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
 MODEL_DIR="${MODEL_DIR:-$("$PYTHON" -c 'from s2s_ft.minilm import minilm_dir; print(minilm_dir())')}"
 STEPS="${STEPS:-2800}"
 SEED="${SEED:-1}"
+DROPOUT_FROM_STEP="${DROPOUT_FROM_STEP:-0}"
 # bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 / AMX); elsewhere it is emulated and slower than fp32
 PRECISION="${PRECISION:-$(grep -q -E 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo bf16 || echo fp32)}"
 for f in train dev; do
@@ -42,7 +44,7 @@ if [ ! -f "$WORK/model/ckpt-$STEPS/training_state.pt" ]; then
     --train_file "$DATA/squad_qg/train.jsonl" --output_dir "$WORK/model" --fine_tune pseudo_masked \
     --max_source_seq_length 96 --max_target_seq_length 32 \
     --max_tokens_per_batch 2400 --learning_rate 5e-4 --num_warmup_steps 200 \
-    --num_training_steps "$STEPS" --precision "$PRECISION" --seed "$SEED" \
+    --num_training_steps "$STEPS" --precision "$PRECISION" --seed "$SEED" --dropout_from_step "$DROPOUT_FROM_STEP" \
     --logging_steps 25 --save_steps 200 --save_total_limit 2 \
     --eval_file "$WORK/dev.sample.jsonl" --eval_max_examples 0 --eval_steps 400 --detokenize ptb \
     --eval_metric bleu4_tok --eval_metrics bleu,rouge --eval_batch_size 64

@@ -264,6 +264,15 @@ class UnifiedTransformer(nn.Module):
         self.gradient_checkpointing = False
         self.apply(self._init_weights)
 
+    def set_dropout(self, enabled: bool) -> None:
+        """Switch every dropout off, or back to the config's rates, leaving the config (and so the saved checkpoint)
+        alone: late dropout trains its first steps without dropout and turns it on at a chosen step."""
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = self.config.hidden_dropout_prob if enabled else 0.0
+            elif isinstance(module, SelfAttention):
+                module.dropout_p = self.config.attention_probs_dropout_prob if enabled else 0.0
+
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Embedding)):

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dropout", type=float, default=None,
         help="hidden and attention dropout probability (default: the checkpoint config's); 0 also saves drawing the "
              "dropout masks, a measurable share of a small model's step on a CPU")
+    add("--dropout_from_step", type=int, default=0,
+        help="late dropout (Liu et al. 2023): no dropout before this optimizer step, the configured rate from it on; "
+             "the first steps learn faster and cheaper, the later ones are still regularised (default 0: always on)")
     add("--tokenizer_name", default=None, help="tokenizer directory (default: the model directory)")
     add("--train_file", required=True,
         help="seq2seq: JSONL, one {\"src\": ..., \"tgt\": ...} a line; mass: one sentence a line (plain text, "
@@ -203,7 +206,7 @@ def _check_optimisation(args: argparse.Namespace) -> None:
         raise UsageError(f"--save_total_limit must be >= 1, got {args.save_total_limit}")
     if args.num_training_steps == 0 or (args.num_training_steps < 0 and args.num_training_epochs <= 0):
         raise UsageError("nothing to train: give --num_training_steps > 0 or --num_training_epochs > 0")
-    for name in ("learning_rate", "adam_epsilon", "weight_decay", "num_warmup_steps"):
+    for name in ("learning_rate", "adam_epsilon", "weight_decay", "num_warmup_steps", "dropout_from_step"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if not 0 <= args.label_smoothing < 1 or not 0 <= args.target_mask_prob <= 1:

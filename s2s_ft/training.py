@@ -205,6 +205,7 @@ def train(args: argparse.Namespace, world: World) -> str:
                     disable=None if world.is_main else True)
     window = LogWindow()
     while run.step < args.num_training_steps:
+        run.model.set_dropout(run.step >= args.dropout_from_step)  # a function of the step: resumes exactly
         grad_norm, bad_loss, bad, epoch = train_step(run, window)
         run.step += 1
         progress.update(1)
