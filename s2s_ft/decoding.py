@@ -8,8 +8,14 @@ positions, segments and attention ranks as training. Which tokens a step feeds i
   at the next position with pseudo ranks (used to predict, never kept);
 * causal checkpoints: just the previous token (the start token first), whose output predicts the next one.
 
-``use_cache=False`` is the reference path: it recomputes the whole sequence at every step with the same inputs.
-Greedy search is beam search with one beam.
+Beam search caches a sentence's k beams as one sequence (one cache row per sentence): the source once, then what
+the beams were fed, side by side; each beam attends to the source and its own tokens only (the model's ``visible``
+mask, from the cache columns each row keeps), so following a surviving beam copies nothing and the source's keys
+and values are read once per sentence per step (``_forward_beams``). A search starts with one row per sentence,
+the k beams being identical until the first step has chosen them.
+
+``use_cache=False`` is the reference path: it recomputes the whole sequence at every step with the same inputs, one
+row per beam. Greedy search is beam search with one beam.
 
 Scores are sums of token log-probabilities; finished hypotheses are ranked by score / lp(length) with GNMT's
 length penalty lp(n) = ((5 + n) / 6) ** alpha (alpha = ``length_penalty``; 0 disables it), n counting the
