@@ -283,7 +283,7 @@ class Seq2SeqDecoder:
         sentence now (1 at the first step, then k)."""
         k, vocab = config.beam_size, log_probs.shape[-1]
         alive = rows.sentence.shape[0] // beams
-        candidates = (rows.scores[:, None] + log_probs).view(alive, beams * vocab)
+        candidates = log_probs.add_(rows.scores[:, None]).view(alive, beams * vocab)  # in place: not used after
         top_scores, top_index = candidates.topk(min(2 * k, beams * vocab), dim=1)
         beam, token = top_index // vocab, top_index % vocab
         sentences = rows.sentence.view(alive, beams)[:, 0]

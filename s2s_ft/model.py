@@ -231,32 +231,6 @@ class MLMHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return vocabulary_logits(self.norm(self.act(self.transform(hidden))), self.word_embeddings.weight, self.bias)
 
-
-# Decoding rows per step at which the product is taken transposed, and the vocabulary panel of the blocked product.
-TRANSPOSED_MAX_ROWS, VOCABULARY_PANEL = 16, 2048
-
-
-def vocabulary_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` for the vocabulary projection, the largest matmul of a decoding step.
-
-    Why not F.linear alone: on the CPU BLAS measured (MKL, 2-core Zen 4; ``benchmarks/vocabulary_projection.py``
-    prints the comparison on yours) a few rows against a 30k-row weight run far below the matmul peak. Without
-    gradients (decoding, dev evaluation) on a CPU, up to TRANSPOSED_MAX_ROWS rows are computed as (W xᵀ)ᵀ, which
-    streams the weight once (batch-1 beam 5: ~3x faster), and more rows in VOCABULARY_PANEL-word panels whose
-    outputs stay in cache (16-400 rows: ~20 % faster). Each logit is still one dot product plus its bias."""
-    if (x.device.type != "cpu" or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu")
-            or x.dtype != weight.dtype):
-        return F.linear(x, weight, bias)
-    rows = x.reshape(-1, x.shape[-1])
-    if rows.shape[0] <= TRANSPOSED_MAX_ROWS:
-        out = torch.addmm(bias[:, None], weight, rows.t()).t().contiguous()
-    else:
-        out = rows.new_empty(rows.shape[0], weight.shape[0])
-        for i in range(0, weight.shape[0], VOCABULARY_PANEL):
-            panel = slice(i, i + VOCABULARY_PANEL)
-            torch.addmm(bias[panel], rows, weight[panel].t(), out=out[:, panel])
-    return out.view(*x.shape[:-1], weight.shape[0])
-
     @torch.no_grad()
     def start_as_identity(self, scale_like: nn.LayerNorm) -> None:
         """Start a fresh head as (nearly) a pass-through: transform = I, zero biases, and the LayerNorm copied from
@@ -273,6 +247,32 @@ def vocabulary_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor)
         self.norm.weight.copy_(scale_like.weight)
         self.norm.bias.copy_(scale_like.bias)
         self.bias.zero_()
+
+
+# Decoding rows per step at which the product is taken transposed, and the vocabulary panel of the blocked product.
+TRANSPOSED_MAX_ROWS, VOCABULARY_PANEL = 16, 2048
+
+
+def vocabulary_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for the vocabulary projection, the largest matmul of a decoding step.
+
+    Why not F.linear alone: on the CPU BLAS measured (MKL, 2-core Zen 4; ``benchmarks/vocabulary_projection.py``
+    prints the comparison on yours) a few rows against a 30k-row weight run far below the matmul peak. Without
+    gradients (decoding, dev evaluation) on a CPU, up to TRANSPOSED_MAX_ROWS rows are computed as (W xᵀ)ᵀ, which
+    streams the weight once (batch-1 beam 5: ~3x faster), and more rows in VOCABULARY_PANEL-word panels whose
+    outputs stay in cache (17-400 rows: ~10-25 % faster). Each logit is still one dot product plus its bias."""
+    if (x.device.type != "cpu" or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu")
+            or x.dtype != weight.dtype):
+        return F.linear(x, weight, bias)
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.shape[0] <= TRANSPOSED_MAX_ROWS:
+        out = torch.addmm(bias[:, None], weight, rows.t()).t().contiguous()
+    else:
+        out = rows.new_empty(rows.shape[0], weight.shape[0])
+        for i in range(0, weight.shape[0], VOCABULARY_PANEL):
+            panel = slice(i, i + VOCABULARY_PANEL)
+            torch.addmm(bias[panel], rows, weight[panel].t(), out=out[:, panel])
+    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 class UnifiedTransformer(nn.Module):
