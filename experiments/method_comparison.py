@@ -194,6 +194,9 @@ def parse_args(argv=None):
     p.add_argument("--save_steps", type=int, default=250,
                    help="checkpoint every N steps: resume points (default %(default)s)")
     p.add_argument("--dry_run", action="store_true", help="list the units and their state, run nothing")
+    p.add_argument("--report_only", action="store_true",
+                   help="write results.md / results.json from the units already done, run nothing (to combine "
+                        "queues that ran different --systems / --seeds in one work dir)")
     args = p.parse_args(argv)
     args.data_root, args.work_dir = os.path.abspath(args.data_root), os.path.abspath(args.work_dir)
     args.datasets = comma_list(args.datasets, DATASETS)
@@ -541,7 +544,7 @@ def main(argv=None) -> None:
             os.makedirs(os.path.join(args.work_dir, dataset), exist_ok=True)
             check_settings(os.path.join(args.work_dir, dataset, "settings.json"), settings)
         eval_file = os.path.join(args.work_dir, dataset, eval_file_name(args.eval_examples, spec.grouped))
-        if not args.dry_run:
+        if not (args.dry_run or args.report_only):  # a report must not rewrite what running queues read
             count = write_eval_file(os.path.join(folder, spec.eval), eval_file, args.eval_examples, spec.grouped)
             print(f"{dataset}: {count} evaluation records in {eval_file}")
         settings_by_dataset[dataset] = settings
@@ -559,6 +562,10 @@ def main(argv=None) -> None:
         for unit in units:
             print(f"  {unit.dataset:9s} {unit.system:14s} seed {unit.seed}: {unit.state()}")
         return
+    if args.report_only:
+        for unit in pending:
+            print(f"  not done, left out: {unit.dataset} {unit.system} seed {unit.seed} ({unit.state()})")
+        pending = []
     os.makedirs(args.work_dir, exist_ok=True)
     seconds = []
     for index, unit in enumerate(pending, 1):

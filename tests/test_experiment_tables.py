@@ -215,3 +215,29 @@ def test_scitldr_contribution_sentence_baseline():
     abstract = "Deep nets forget. In this work we study forgetting. We propose a fix! It works."
     assert baselines.contribution_sentence(abstract) == "In this work we study forgetting."
     assert baselines.contribution_sentence("No claim here. None at all.") == "No claim here."
+
+
+def test_report_only_tables_the_done_units_and_runs_nothing(tmp_path, capsys):
+    data = tmp_path / "data" / "squad_qg"
+    data.mkdir(parents=True)
+    for name in ("train.jsonl", "dev.jsonl"):
+        (data / name).write_text("")
+    work = tmp_path / "work"
+    done = work / "squad_qg" / "causal" / "seed1"
+    done.mkdir(parents=True)
+    scores = {"n": 7, "bleu": 9.82, "bleu4_tok": 9.72, "meteor": 31.31, "rougeL": 31.77,
+              "distinct": 0.997, "source_overlap": 0.963}
+    (done / "scores.json").write_text(json.dumps(scores))
+    partly = work / "squad_qg" / "masked" / "seed1" / "model"
+    partly.mkdir(parents=True)
+    (partly / "train_log.jsonl").write_text("{}\n")
+
+    mc.main(["--data_root", str(tmp_path / "data"), "--work_dir", str(work), "--model_dir", str(tmp_path),
+             "--datasets", "squad_qg", "--systems", "causal,masked", "--seeds", "1", "--report_only"])
+
+    table = (work / "results.md").read_text()
+    assert "| causal | 1 | 9.82 | 9.72 | 31.31 | 31.77 | 99.70 | 96.30 |" in table
+    assert "| masked | 0 |" in table
+    assert "not done, left out: squad_qg masked seed 1 (partly trained)" in capsys.readouterr().out
+    assert sorted(p.name for p in partly.iterdir()) == ["train_log.jsonl"]  # nothing trained
+    assert not (work / "squad_qg" / "eval.grouped.all.jsonl").exists()  # nor the evaluation file rewritten
