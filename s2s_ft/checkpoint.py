@@ -116,6 +116,12 @@ FAMILIES = {
          ("head.bias", "generator_lm_head.bias")),
         ("generator_lm_head.weight",), ("discriminator_predictions.",), ("electra",), head_act_is_gelu=True),
 }
+# The opt-in copy attention (model.CopyAttention) has no HF counterpart: its weights are saved under this prefix (HF's
+# *ForMaskedLM classes report them as unexpected keys and load everything else), config.json says it is there.
+_COPY = ("copy", "copy_attention")
+COPY_CONFIG_KEY = "copy_mechanism"
+# Modules a checkpoint may lack, to be freshly initialised: the MLM head (headless *Model saves) and the copy attention.
+_MAY_BE_FRESH = ("head.", "copy.")
 # Buffers some (older) saves carry; not weights, dropped silently.
 _BUFFER_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
 
@@ -182,7 +188,8 @@ def model_config_from_hf(model_type: str, hf_config: dict, source: str = "config
         initializer_range=hf.initializer_range,
         embedding_size=embedding_size if embedding_size and embedding_size != hf.hidden_size else None,
         position_offset=(hf.pad_token_id + 1) if family.position_offset_from_pad else 0,
-        rel_pos_bins=rel_pos_bins, max_rel_pos=int(hf_config.get("max_rel_pos", 0) or 0) if rel_pos_bins else 0)
+        rel_pos_bins=rel_pos_bins, max_rel_pos=int(hf_config.get("max_rel_pos", 0) or 0) if rel_pos_bins else 0,
+        copy_mechanism=bool(hf_config.get(COPY_CONFIG_KEY, False)))
 
 
 def default_segment_ids(model_type: str, hf_config: dict) -> tuple[int, int]:
@@ -262,6 +269,7 @@ def _key_map(model: UnifiedTransformer, family: Family, prefix: str) -> dict[str
         pairs += [(f"layers.{i}.{ours}", layer + theirs) for ours, theirs in _LAYER]
         pairs.append((f"layers.{i}.attention.qkv", tuple(layer + part for part in _QKV)))
     pairs += list(family.head)
+    pairs.append(_COPY)
     mapping = {}
     for name, _ in model.named_parameters():  # shared tensors (the tied decoder) are listed once
         for ours, theirs in pairs:
@@ -299,7 +307,8 @@ HEAD_INITS = ("random", "identity")
 
 def load_pretrained(model_type: str, model_name_or_path: Optional[str], config_name: Optional[str] = None,
                     min_positions: Optional[int] = None, log: logging.Logger = _LOG,
-                    head_init: str = "random", dropout: Optional[float] = None) -> tuple[UnifiedTransformer, dict]:
+                    head_init: str = "random", dropout: Optional[float] = None,
+                    copy_mechanism: bool = False) -> tuple[UnifiedTransformer, dict]:
     """Build a ``UnifiedTransformer`` from a local HF / UniLM checkpoint directory.
 
     ``config_name`` (a directory or a JSON file) replaces the directory's config.json; with ``model_name_or_path``
@@ -315,6 +324,9 @@ def load_pretrained(model_type: str, model_name_or_path: Optional[str], config_n
 
     ``dropout`` (None: the config's) replaces both the hidden and the attention dropout probability; the saved
     fine-tuned config records the value trained with.
+
+    ``copy_mechanism``: add the copy attention (``model.CopyAttention``) when the checkpoint has none (it starts
+    fresh); a checkpoint whose config.json has it keeps it either way.
     """
     if head_init not in HEAD_INITS:
         raise CheckpointError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
@@ -330,6 +342,7 @@ def load_pretrained(model_type: str, model_name_or_path: Optional[str], config_n
         if not 0 <= dropout < 1:
             raise CheckpointError(f"dropout must lie in [0, 1), got {dropout}")
         config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
+    config.copy_mechanism = config.copy_mechanism or copy_mechanism
     if family.head_act_is_gelu and config.hidden_act != "gelu":
         log.warning("%s: hidden_act is %s, but HF's %s head always uses gelu; our MLM head follows hidden_act",
                     config_path, config.hidden_act, family.architecture)
@@ -390,14 +403,15 @@ def _fill(model: UnifiedTransformer, family: Family, state: dict, source: str, l
                               f"--model_type unilm and rel_pos_bins / max_rel_pos in config.json")
     key_map = _key_map(model, family, prefix)
     used, fresh = set(), []
-    head_keys = {k for name, keys in key_map.items() if name.startswith("head.") for k in keys}
-    head_absent = not (head_keys & state.keys())
+    # a module the file lacks entirely starts fresh; one it has in part is an incomplete checkpoint
+    absent = {prefix_: not ({k for name, keys in key_map.items() if name.startswith(prefix_) for k in keys}
+                            & state.keys()) for prefix_ in _MAY_BE_FRESH}
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, keys in key_map.items():
             missing = [k for k in keys if k not in state]
             if missing:
-                if name.startswith("head.") and head_absent:
+                if any(name.startswith(p) and absent[p] for p in _MAY_BE_FRESH):
                     fresh.append(name)
                     continue
                 hint = ("; it has UniLM fused attention (qkv_linear), use --model_type unilm"
@@ -413,7 +427,7 @@ def _fill(model: UnifiedTransformer, family: Family, state: dict, source: str, l
                                       f"{tuple(param.shape)} for {name} from the config")
             param.copy_(tensor)
             used.update(keys)
-    if fresh:
+    if any(name.startswith("head.") for name in fresh):
         log.info("%s has no MLM head (%s): freshly initialised its transform, LayerNorm and bias; the decoder stays "
                  "tied to the word embeddings", source, family.head[0][1].rsplit(".", 1)[0])
 
@@ -482,6 +496,9 @@ def save_checkpoint(model: UnifiedTransformer, out_dir: str, model_type: str, hf
         config["embedding_size"] = c.word_embedding_size
     if family.unilm:
         config.update(rel_pos_bins=c.rel_pos_bins, max_rel_pos=c.max_rel_pos)
+    config.pop(COPY_CONFIG_KEY, None)
+    if c.copy_mechanism:
+        config[COPY_CONFIG_KEY] = True
     with open(os.path.join(out_dir, CONFIG_NAME), "w", encoding="utf-8") as handle:
         json.dump(config, handle, indent=2, sort_keys=True)
     if tokenizer is not None:

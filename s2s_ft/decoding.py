@@ -135,11 +135,15 @@ class _Rows:
     # Beam search with the cache: the cache columns of the row's sequence (its sentence's source, then its own
     # stored target tokens), in its sentence's cache row, which all the sentence's beams share.
     columns: Optional[torch.Tensor] = None
+    # Copy mechanism: the row's source keys [R, S, hidden], source ids [R, S] and copyable mask [R, S], computed once
+    # per sentence from its encoded source (the same last-layer states training uses).
+    copy: Optional[tuple] = None
 
     def select(self, index: torch.Tensor) -> "_Rows":
         return _Rows(self.sentence[index], self.source_length[index], self.tokens[index], self.scores[index],
                      {name: value[index] for name, value in self.history.items()},
-                     None if self.columns is None else self.columns[index])
+                     None if self.columns is None else self.columns[index],
+                     None if self.copy is None else tuple(value[index] for value in self.copy))
 
 
 class Seq2SeqDecoder:
@@ -214,12 +218,14 @@ class Seq2SeqDecoder:
         source_width = prefix.input_ids.shape[1]
         # a step stores at most one token per row (a sentence's k beams share its cache row) and feeds one more
         target_width = (config.max_tgt_length + 1) * (1 if config.do_sample else config.beam_size)
-        cache = None
+        cache, source_hidden = None, None
         with self._autocast():
             if config.use_cache:
                 cache_dtype = self.autocast_dtype or next(self.model.parameters()).dtype
                 cache = KVCache(self.model.config, n, source_width + target_width, self.device, cache_dtype)
-                self.model(**inputs, cache=cache)  # encode the source once
+                source_hidden = self.model(**inputs, cache=cache)  # encode the source once
+            elif self.model.copy is not None:  # the source's states do not depend on the target: once is enough
+                source_hidden = self.model(**inputs)
         expand = torch.arange(n, device=self.device).repeat_interleave(m)
         rows = _Rows(sentence=expand.clone(), source_length=(prefix.key_rank == 0).sum(1)[expand],
                      tokens=torch.zeros(n * m, 0, dtype=torch.long, device=self.device),
@@ -230,6 +236,10 @@ class Seq2SeqDecoder:
             rows.columns = torch.arange(source_width, device=self.device).expand(n, -1)
         else:
             rows.history = {name: value[expand] for name, value in inputs.items()}
+        if self.model.copy is not None:
+            with self._autocast():
+                keys = self.model.copy.source_keys(source_hidden)
+            rows.copy = (keys[expand], prefix.input_ids[expand], prefix.copyable[expand])
         return rows, cache
 
     def _log_probs(self, rows: _Rows, step: int, cache: Optional[KVCache], config: SearchConfig,
@@ -240,7 +250,12 @@ class Seq2SeqDecoder:
         names = ("input_ids", "position_ids", "token_type_ids", "key_rank", "query_rank")
         with self._autocast():
             hidden = self._forward(dict(zip(names, step_inputs[:5])), cache, rows, step_inputs[5])
-            log_probs = torch.log_softmax(self.model.head(hidden).float(), -1)  # [R, V]
+            if rows.copy is None:
+                log_probs = self.model.log_probs(hidden)  # [R, V]
+            else:
+                keys, source_ids, copyable = rows.copy
+                copy_scores = self.model.copy.scores(hidden[:, None], keys)[:, 0]
+                log_probs = self.model.log_probs(hidden, copy_scores, source_ids, copyable)
         log_probs[:, never_generated] = float("-inf")
         if step < config.min_len:
             log_probs[:, sp.sep] = float("-inf")

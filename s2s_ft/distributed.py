@@ -119,7 +119,4 @@ def shard_rows(batch: PackedBatch, rank: int, world: int) -> tuple[PackedBatch, 
     weight = 1.0
     if not rows:
         rows, weight = [0], 0.0
-    index = torch.tensor(rows, dtype=torch.long)
-    picked = {name: getattr(batch, name).index_select(0, index) for name in
-              ("input_ids", "position_ids", "token_type_ids", "key_rank", "query_rank", "labels")}
-    return PackedBatch(**picked, num_real_tokens=batch.num_real_tokens, extras=batch.extras), weight
+    return batch.select_rows(torch.tensor(rows, dtype=torch.long)), weight

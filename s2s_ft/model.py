@@ -5,7 +5,7 @@ Everything the model needs to know about *who may attend to whom* arrives as two
 differ in the ranks they hand in, never in model code.
 
 Layout of this file, top to bottom: config dataclass -> attention-mask rule -> relative position bias ->
-key/value cache -> layers -> the model with its MLM head.
+key/value cache -> layers -> the MLM head and the opt-in copy attention -> the model.
 """
 from __future__ import annotations
 
@@ -44,6 +44,9 @@ class ModelConfig:
     # UniLMv2-style relative position bias (T5 buckets); 0 switches it off.
     rel_pos_bins: int = 0
     max_rel_pos: int = 0
+    # Opt-in pointer over the source (``CopyAttention``): the next-token distribution mixes the vocabulary head with a
+    # copy distribution over the source's word pieces.
+    copy_mechanism: bool = False
 
     @property
     def word_embedding_size(self) -> int:
@@ -275,6 +278,64 @@ def vocabulary_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor)
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
+# --------------------------------------------------------------------------------------------------------------
+# The copy mechanism (opt-in, ``ModelConfig.copy_mechanism``). The next token's distribution is a mixture
+#   P(w) = g * P_vocab(w) + (1 - g) * sum_{j: source_j = w} a_j
+# of the MLM head's distribution and a copy attention ``a`` over the source's word pieces (scatter-added into
+# word-piece ids: no extended vocabulary), with a learned gate g = sigmoid(w . h + b) from the predicting token's last
+# hidden state h (See et al. 2017). The copy attention is a separate single-head attention (query: h; keys: the last
+# layer's source states, computed once per sentence): SDPA never materialises the body's attention probabilities,
+# and a separate pair of projections costs about as much as reading one back while leaving the pretrained heads
+# alone. Which source columns may be copied (not [CLS]/[SEP]/[MASK]/padding) is the packing layer's ``copyable``
+# mask. Everything here runs in fp32, autocast or not: the mixture is a sum of probabilities.
+# --------------------------------------------------------------------------------------------------------------
+# The gate starts at P(vocabulary) = 0.9, so the pretrained head dominates early and the copy attention (uniform
+# over the source at first) adds a small prior for source words.
+COPY_GATE_START = math.log(9.0)
+# Probabilities below this are treated as 0 inside the log (no log(0) and no NaN gradient for words not in the
+# source); it adds at most vocab_size * 1e-30 to the mixture's mass.
+COPY_TINY = 1e-30
+
+
+class CopyAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.gate = nn.Linear(config.hidden_size, 1)  # logit of P(from the vocabulary)
+        self.scale = 1.0 / math.sqrt(config.hidden_size)
+
+    def reset_gate(self) -> None:
+        with torch.no_grad():
+            self.gate.bias.fill_(COPY_GATE_START)
+
+    def source_keys(self, source_hidden: torch.Tensor) -> torch.Tensor:
+        """[B, S, hidden] keys of the source states (a decoder computes them once per sentence)."""
+        with torch.autocast(source_hidden.device.type, enabled=False):
+            return self.key(source_hidden.float())
+
+    def scores(self, hidden: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """[B, Lq, S] copy-attention logits of the queries ``hidden`` [B, Lq, hidden] over ``keys`` [B, S, hidden]."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            return torch.matmul(self.query(hidden.float()), keys.transpose(1, 2)) * self.scale
+
+    def mix(self, hidden: torch.Tensor, vocab_logits: torch.Tensor, scores: torch.Tensor, source_ids: torch.Tensor,
+            copyable: torch.Tensor) -> torch.Tensor:
+        """[N, V] log-probabilities of the mixture for N predicting tokens: their hidden states [N, hidden], the MLM
+        head's logits [N, V], copy logits [N, S] over their rows' source columns, those columns' ids [N, S] and
+        which of them may be copied [N, S]. A row with nothing to copy gets the vocabulary distribution alone."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            vocab = torch.log_softmax(vocab_logits.float(), -1)
+            any_copyable = copyable.any(-1, keepdim=True)
+            attention = torch.softmax(scores.float().masked_fill(~copyable, float("-inf")), -1)
+            attention = attention.masked_fill(~any_copyable, 0.0)  # all -inf rows: NaN -> no copy mass
+            copy = torch.zeros_like(vocab).scatter_add_(1, source_ids, attention)
+            gate = self.gate(hidden.float())  # [N, 1]
+            log_vocab_share = torch.where(any_copyable, F.logsigmoid(gate), torch.zeros_like(gate))
+            log_copy_share = torch.where(any_copyable, F.logsigmoid(-gate), torch.full_like(gate, float("-inf")))
+            return torch.logaddexp(log_vocab_share + vocab, log_copy_share + torch.log(copy.clamp_min(COPY_TINY)))
+
+
 class UnifiedTransformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -285,10 +346,13 @@ class UnifiedTransformer(nn.Module):
         self.rel_pos_bias = (nn.Linear(config.rel_pos_bins, config.num_attention_heads, bias=False)
                              if config.rel_pos_bins > 0 else None)
         self.head = MLMHead(config, self.embeddings.word)
+        self.copy = CopyAttention(config) if config.copy_mechanism else None
         # Trade compute for memory in training: keep only each layer's input and recompute the layer in the backward
         # pass (about one extra forward). Ignored in eval mode and with a KV cache (decoding has no backward).
         self.gradient_checkpointing = False
         self.apply(self._init_weights)
+        if self.copy is not None:
+            self.copy.reset_gate()
 
     def set_dropout(self, enabled: bool) -> None:
         """Switch every dropout off, or back to the config's rates, leaving the config (and so the saved checkpoint)
@@ -369,6 +433,16 @@ class UnifiedTransformer(nn.Module):
             cache.key_rank[:, offset + kept:offset + n_new] = NEVER_VISIBLE
             cache.length += kept
         return x
+
+    def log_probs(self, hidden: torch.Tensor, copy_scores: Optional[torch.Tensor] = None,
+                  source_ids: Optional[torch.Tensor] = None, copyable: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[N, V] fp32 next-token log-probabilities of the predicting tokens' hidden states [N, hidden]: the MLM
+        head's softmax, or with the copy mechanism the mixture (``CopyAttention.mix``; the copy arguments are the
+        rows' copy logits [N, S], source ids [N, S] and copyable mask [N, S])."""
+        logits = self.head(hidden)
+        if self.copy is None:
+            return torch.log_softmax(logits.float(), -1)
+        return self.copy.mix(hidden, logits, copy_scores, source_ids, copyable)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -75,21 +75,40 @@ class PackedBatch:
     key_rank: torch.Tensor
     query_rank: torch.Tensor
     labels: torch.Tensor
+    # Source columns the copy mechanism may point at (word pieces: not [CLS]/[SEP]/[MASK]/padding); the packer sets
+    # it, ``copyable_columns`` says how.
+    copyable: Optional[torch.Tensor] = None
     num_real_tokens: int = 0  # non-padding tokens, for throughput and padding statistics
     extras: dict = field(default_factory=dict)
+
+    TENSORS = ("input_ids", "position_ids", "token_type_ids", "key_rank", "query_rank", "labels", "copyable")
 
     def model_inputs(self) -> dict:
         return dict(input_ids=self.input_ids, position_ids=self.position_ids, token_type_ids=self.token_type_ids,
                     key_rank=self.key_rank, query_rank=self.query_rank)
 
+    def _map(self, fn) -> "PackedBatch":
+        tensors = {name: None if getattr(self, name) is None else fn(getattr(self, name)) for name in self.TENSORS}
+        return PackedBatch(**tensors, num_real_tokens=self.num_real_tokens, extras=self.extras)
+
     def to(self, device) -> "PackedBatch":
-        moved = {name: getattr(self, name).to(device) for name in
-                 ("input_ids", "position_ids", "token_type_ids", "key_rank", "query_rank", "labels")}
-        return PackedBatch(**moved, num_real_tokens=self.num_real_tokens, extras=self.extras)
+        return self._map(lambda tensor: tensor.to(device))
+
+    def select_rows(self, index: torch.Tensor) -> "PackedBatch":
+        """The rows ``index`` (num_real_tokens and extras stay those of the whole batch)."""
+        return self._map(lambda tensor: tensor.index_select(0, index))
 
     @property
     def num_predicted(self) -> int:
         return int((self.labels != IGNORE_INDEX).sum())
+
+
+def copyable_columns(input_ids: torch.Tensor, key_rank: torch.Tensor, special: SpecialIds) -> torch.Tensor:
+    """Boolean [B, L]: source columns (source ranks) holding a word piece the copy mechanism may copy; the layout
+    tokens and MASS's [MASK]s in the source are not."""
+    layout = torch.tensor(sorted({special.cls, special.sep, special.mask, special.pad}), dtype=input_ids.dtype,
+                          device=input_ids.device)
+    return (key_rank == SOURCE_RANKS[0]) & ~torch.isin(input_ids, layout)
 
 
 def corrupt_token(token: int, p_mask: float, p_random: float, special: SpecialIds,
@@ -175,7 +194,9 @@ class Packer:
         if generator is None:
             generator = torch.Generator().manual_seed(0)
         rows = [self.pack_example(pair, generator) for pair in pairs]
-        return collate(rows, self.special.pad)
+        batch = collate(rows, self.special.pad)
+        batch.copyable = copyable_columns(batch.input_ids, batch.key_rank, self.special)
+        return batch
 
 
 def packed_length(pair: Pair, method) -> int:
@@ -206,4 +227,6 @@ def decoding_prefix(sources: Sequence[Sequence[int]], special: SpecialIds) -> Pa
         for position, token in enumerate([special.cls, *source, special.sep]):
             row.add(token, position, special.source_type, SOURCE_RANKS)
         rows.append(row)
-    return collate(rows, special.pad)
+    batch = collate(rows, special.pad)
+    batch.copyable = copyable_columns(batch.input_ids, batch.key_rank, special)
+    return batch

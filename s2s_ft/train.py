@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dropout_from_step", type=int, default=0,
         help="late dropout (Liu et al. 2023): no dropout before this optimizer step, the configured rate from it on; "
              "the first steps learn faster and cheaper, the later ones are still regularised (default 0: always on)")
+    add("--copy_mechanism", action="store_true",
+        help="add a copy attention over the source: the next token's distribution becomes a learned mixture of the "
+             "vocabulary head's and a copy distribution over the source's word pieces (opt-in; a checkpoint that has "
+             "one keeps it, and decoding needs no flag)")
     add("--tokenizer_name", default=None, help="tokenizer directory (default: the model directory)")
     add("--train_file", required=True,
         help="seq2seq: JSONL, one {\"src\": ..., \"tgt\": ...} a line; mass: one sentence a line (plain text, "

@@ -82,7 +82,7 @@ def load_model(args: argparse.Namespace):
     model, info = checkpoint.load_pretrained(
         args.model_type, args.model_name_or_path, config_name=args.config_name,
         min_positions=args.max_source_seq_length + args.max_target_seq_length, log=log,
-        head_init=args.fresh_head_init, dropout=args.dropout)
+        head_init=args.fresh_head_init, dropout=args.dropout, copy_mechanism=args.copy_mechanism)
     hf_config = info["hf_config"]
     source_type, target_type = checkpoint.default_segment_ids(args.model_type, hf_config)
     special = special_ids(tokenizer, source_type, target_type)
@@ -268,11 +268,12 @@ def micro_step(run: Run, counter: int, window: "LogWindow") -> tuple[bool, int]:
     autocast_dtype = AUTOCAST_DTYPES[args.precision]
     with torch.autocast(args.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         hidden = run.forward(**batch.model_inputs())
+        copy_inputs = dict(input_ids=batch.input_ids, copyable=batch.copyable)
         if world.active:  # sum over this rank's tokens / global count; the gradients are summed over ranks
             loss = seq2seq_loss(run.model, hidden, batch.labels, args.label_smoothing,
-                                normalizer=float(full.num_predicted)) * weight
+                                normalizer=float(full.num_predicted), **copy_inputs) * weight
         else:
-            loss = seq2seq_loss(run.model, hidden, batch.labels, args.label_smoothing)
+            loss = seq2seq_loss(run.model, hidden, batch.labels, args.label_smoothing, **copy_inputs)
     reported = world.sum_scalar(loss.detach())  # the global mean, on every rank
     finite = bool(torch.isfinite(reported))
     if finite or run.scaler.is_enabled():
