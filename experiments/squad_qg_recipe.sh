@@ -2,7 +2,7 @@
 # SQuAD-QG with the recommended CPU-budget recipe: fine-tune all-MiniLM-L6-v2 (pseudo-masked), decode one question
 # per distinct dev sentence, score against all of that sentence's questions, next to trivial baselines.
 #
-#   bash experiments/squad_qg_recipe.sh DATA_DIR WORK_DIR      # DATA_DIR holds squad_qg/{train,dev}.jsonl
+#   bash experiments/squad_qg_recipe.sh DATA_DIR WORK_DIR      # DATA_DIR holds squad_qg_du/{train,dev}.jsonl
 #
 # Writes WORK_DIR/dev.grouped.jsonl (one line per distinct dev sentence, all its questions as refs),
 # WORK_DIR/model/ (checkpoints, train_log.jsonl, eval_log.jsonl on a 340-sentence dev sample, training_curves.png),
@@ -11,7 +11,10 @@
 # `train_seconds`, and the same figures for the baselines). Re-run the same command after an interruption:
 # training resumes exactly from its last checkpoint, decoding from its last finished chunk.
 # Overridable: PYTHON, MODEL_DIR (default: the pip-installed all-MiniLM-L6-v2), STEPS, SEED, PRECISION,
-# DROPOUT_FROM_STEP (late dropout: none before this step; 0 turns it off).
+# DROPOUT_FROM_STEP (late dropout: none before this step; 0 turns it off), DATASET (default squad_qg_du, Du et al.'s
+# full three-way split; squad_qg is the older 11,877-pair training file, which IS squad_qg_du's test split),
+# EXTRA_TRAIN_FLAGS (appended to the training command, e.g. "--copy_mechanism"), EVAL_SAMPLE (0: no dev-sample
+# evaluation during training), SCORE (0: stop after decoding, e.g. where nltk is not installed).
 set -euo pipefail
 if [ $# -ne 2 ]; then
   echo "usage: bash $0 DATA_DIR WORK_DIR" >&2
@@ -25,30 +28,38 @@ MODEL_DIR="${MODEL_DIR:-$("$PYTHON" -c 'from s2s_ft.minilm import minilm_dir; pr
 STEPS="${STEPS:-2800}"
 SEED="${SEED:-1}"
 DROPOUT_FROM_STEP="${DROPOUT_FROM_STEP:-800}"
+DATASET="${DATASET:-squad_qg_du}"
+EXTRA_TRAIN_FLAGS="${EXTRA_TRAIN_FLAGS:-}"
+EVAL_SAMPLE="${EVAL_SAMPLE:-1}"
+SCORE="${SCORE:-1}"
 # bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 / AMX); elsewhere it is emulated and slower than fp32
 PRECISION="${PRECISION:-$(grep -q -E 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo bf16 || echo fp32)}"
 for f in train dev; do
-  [ -f "$DATA/squad_qg/$f.jsonl" ] || { echo "error: $DATA/squad_qg/$f.jsonl not found" >&2; exit 2; }
+  [ -f "$DATA/$DATASET/$f.jsonl" ] || { echo "error: $DATA/$DATASET/$f.jsonl not found" >&2; exit 2; }
 done
 mkdir -p "$WORK"
 
-"$PYTHON" experiments/squad_qg.py group "$DATA/squad_qg/dev.jsonl" "$WORK/dev.grouped.jsonl" \
+"$PYTHON" experiments/squad_qg.py group "$DATA/$DATASET/dev.jsonl" "$WORK/dev.grouped.jsonl" \
   --every 20 --sample "$WORK/dev.sample.jsonl"
 
 # The recipe (README, "Recommended settings"): the fresh MLM head starts as the identity, a high peak learning
 # rate with warmup and linear decay, token-budget batches (little padding), bf16 autocast where native, sources cut at 96 word
 # pieces (98 % whole), late dropout (none for the first 800 steps), outputs in the references' Penn-Treebank
 # tokenisation.
+EVAL_FLAGS=()
+if [ "$EVAL_SAMPLE" != 0 ]; then
+  EVAL_FLAGS=(--eval_file "$WORK/dev.sample.jsonl" --eval_max_examples 0 --eval_steps 400 --detokenize ptb
+              --eval_metric bleu4_tok --eval_metrics bleu,rouge --eval_batch_size 64)
+fi
 if [ ! -f "$WORK/model/ckpt-$STEPS/training_state.pt" ]; then
+  # shellcheck disable=SC2086  # EXTRA_TRAIN_FLAGS is a list of flags
   "$PYTHON" run_seq2seq.py \
     --model_type bert --model_name_or_path "$MODEL_DIR" --fresh_head_init identity \
-    --train_file "$DATA/squad_qg/train.jsonl" --output_dir "$WORK/model" --fine_tune pseudo_masked \
+    --train_file "$DATA/$DATASET/train.jsonl" --output_dir "$WORK/model" --fine_tune pseudo_masked \
     --max_source_seq_length 96 --max_target_seq_length 32 \
     --max_tokens_per_batch 2400 --learning_rate 5e-4 --num_warmup_steps 200 \
     --num_training_steps "$STEPS" --precision "$PRECISION" --seed "$SEED" --dropout_from_step "$DROPOUT_FROM_STEP" \
-    --logging_steps 25 --save_steps 200 --save_total_limit 2 \
-    --eval_file "$WORK/dev.sample.jsonl" --eval_max_examples 0 --eval_steps 400 --detokenize ptb \
-    --eval_metric bleu4_tok --eval_metrics bleu,rouge --eval_batch_size 64
+    --logging_steps 25 --save_steps 200 --save_total_limit 2 "${EVAL_FLAGS[@]}" $EXTRA_TRAIN_FLAGS
 fi
 
 "$PYTHON" decode_seq2seq.py \
@@ -56,5 +67,6 @@ fi
   --precision "$PRECISION" --batch_size 64 --beam_size 5 --length_penalty 2.0 --min_len 6 --max_tgt_length 32 \
   --forbid_duplicate_ngrams --ngram_size 3 --detokenize ptb --resume
 
+[ "$SCORE" != 0 ] || exit 0
 "$PYTHON" experiments/squad_qg.py score "$WORK/dev.grouped.jsonl" "$WORK/dev.pred.txt" \
   --json "$WORK/scores.json" --train_log "$WORK/model/train_log.jsonl"
