@@ -33,6 +33,27 @@ def shares_source_word(outputs: list, sources: list) -> float:
     return sum(bool(content_words(out) & content_words(src)) for out, src in zip(outputs, sources)) / len(outputs)
 
 
+def unsupported_words(output: str, source: str, references: list) -> list:
+    """The output's content words found neither in its source nor in any reference: specifics a question about this
+    sentence had no ground for (invented names and numbers, garbled word pieces such as "thetre")."""
+    grounded = content_words(source).union(*(content_words(ref) for ref in references))
+    return sorted(content_words(output) - grounded)
+
+
+def faithfulness(outputs: list, sources: list, references: list) -> dict:
+    """Fractions over the outputs, each a symptom of a question that garbles its sentence's specifics:
+    ``unsupported_word``: outputs with at least one content word found neither in the source nor in a reference;
+    ``unsupported_number``: outputs with such a word that holds a digit (an invented number or year);
+    ``repeated_word``: outputs that repeat a content word ("how many credits were required to be required ?")."""
+    unsupported = [unsupported_words(o, s, r) for o, s, r in zip(outputs, sources, references)]
+    repeated = [len(words) != len(set(words)) for words in
+                ([w for w in o.lower().split() if w not in FUNCTION_WORDS] for o in outputs)]
+    n = len(outputs)
+    return {"unsupported_word": sum(bool(u) for u in unsupported) / n,
+            "unsupported_number": sum(any(c.isdigit() for w in u for c in w) for u in unsupported) / n,
+            "repeated_word": sum(repeated) / n}
+
+
 def diagnostics(outputs: list, sources: list) -> dict:
     return {"distinct": len(set(outputs)), "mean_words": statistics.fmean(len(o.split()) for o in outputs),
             "shares_source_word": 100.0 * shares_source_word(outputs, sources)}

@@ -22,10 +22,11 @@ import argparse
 import json
 import os
 import sys
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for s2s_ft
 
-from output_diagnostics import shares_source_word  # noqa: E402  (this folder is on sys.path when run as a script)
+from output_diagnostics import faithfulness, shares_source_word  # noqa: E402  (this folder is on sys.path when run as a script)
 from s2s_ft.data import DataError  # noqa: E402
 from s2s_ft.metrics import read_dev_examples, read_hypotheses, score  # noqa: E402
 from s2s_ft.fileio import write_atomic  # noqa: E402
@@ -57,15 +58,17 @@ def baselines(sources: list[str]) -> dict[str, list[str]]:
             "\"what is\" + first six words + \"?\"": [" ".join(["what", "is", *s.split()[:6], "?"]) for s in sources]}
 
 
-def output_checks(outputs: list[str], sources: list[str]) -> dict:
-    """Fractions: distinct outputs, and outputs sharing a content word with their own source."""
-    return {"distinct": len(set(outputs)) / len(outputs), "source_overlap": shares_source_word(outputs, sources)}
+def output_checks(outputs: list[str], sources: list[str], refs: Optional[list[list[str]]] = None) -> dict:
+    """Fractions: distinct outputs, outputs sharing a content word with their own source, and with the references
+    the faithfulness figures of ``output_diagnostics.faithfulness`` (unsupported words and numbers, repeats)."""
+    checks = {"distinct": len(set(outputs)) / len(outputs), "source_overlap": shares_source_word(outputs, sources)}
+    return checks if refs is None else {**checks, **faithfulness(outputs, sources, refs)}
 
 
 def scores_of(outputs: list[str], sources: list[str], refs: list[list[str]]) -> dict:
     values = score(outputs, refs, METRICS)
     return {**{key: round(values[key], 2) for key in REPORTED}, **{k: round(v, 4) for k, v in
-                                                                    output_checks(outputs, sources).items()}}
+                                                                    output_checks(outputs, sources, refs).items()}}
 
 
 def train_seconds(path: str) -> float:
@@ -79,10 +82,12 @@ def format_table(report: dict) -> str:
     rows = [("model", report)] + list(report["baselines"].items())
     lines = [f"{report['n']} distinct dev sentences, all their questions as references",
              f"{'':38s} {'BLEU-4':>7s} {'METEOR':>7s} {'ROUGE-L':>8s} {'sacreBLEU':>9s} {'distinct':>9s} "
-             f"{'src word':>9s}"]
+             f"{'src word':>9s} {'unsupp.':>8s} {'number':>7s} {'repeat':>7s}"]
     for name, row in rows:
         lines.append(f"{name:38s} {row['bleu4_tok']:7.2f} {row['meteor']:7.2f} {row['rougeL']:8.2f} {row['bleu']:9.2f} "
-                     f"{100 * row['distinct']:8.1f}% {100 * row['source_overlap']:8.1f}%")
+                     f"{100 * row['distinct']:8.1f}% {100 * row['source_overlap']:8.1f}% "
+                     f"{100 * row['unsupported_word']:7.1f}% {100 * row['unsupported_number']:6.1f}% "
+                     f"{100 * row['repeated_word']:6.1f}%")
     return "\n".join(lines)
 
 

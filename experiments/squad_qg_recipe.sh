@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# SQuAD-QG with the recommended CPU-budget recipe: fine-tune all-MiniLM-L6-v2 (pseudo-masked), decode one question
-# per distinct dev sentence, score against all of that sentence's questions, next to trivial baselines.
+# SQuAD-QG with the recommended CPU-budget recipe: fine-tune all-MiniLM-L6-v2 (pseudo-masked, with the copy
+# mechanism), decode one question per distinct dev sentence, score against all of that sentence's questions, next to
+# trivial baselines; with TEST=1 the same on the test split (score it once per finished recipe, never to choose).
 #
 #   bash experiments/squad_qg_recipe.sh DATA_DIR WORK_DIR      # DATA_DIR holds squad_qg_du/{train,dev}.jsonl
 #
 # Writes WORK_DIR/dev.grouped.jsonl (one line per distinct dev sentence, all its questions as refs),
 # WORK_DIR/model/ (checkpoints, train_log.jsonl, eval_log.jsonl on a 340-sentence dev sample, training_curves.png),
 # WORK_DIR/dev.pred.txt (one line per distinct sentence, in order of first appearance) and WORK_DIR/scores.json
+# (with TEST=1 also WORK_DIR/test.grouped.jsonl, test.pred.txt, test.scores.json)
 # (grouped-reference BLEU-4 / METEOR / ROUGE-L / sacreBLEU, `distinct` and `source_overlap` as fractions,
 # `train_seconds`, and the same figures for the baselines). Re-run the same command after an interruption:
 # training resumes exactly from its last checkpoint, decoding from its last finished chunk.
 # Overridable: PYTHON, MODEL_DIR (default: the pip-installed all-MiniLM-L6-v2), STEPS, SEED, PRECISION,
 # DROPOUT_FROM_STEP (late dropout: none before this step; 0 turns it off), DATASET (default squad_qg_du, Du et al.'s
 # full three-way split; squad_qg is the older 11,877-pair training file, which IS squad_qg_du's test split),
-# EXTRA_TRAIN_FLAGS (appended to the training command, e.g. "--copy_mechanism"), EVAL_SAMPLE (0: no dev-sample
-# evaluation during training), SCORE (0: stop after decoding, e.g. where nltk is not installed).
+# COPY (0: without the copy mechanism), EXTRA_TRAIN_FLAGS (appended to the training command), EVAL_SAMPLE (0: no
+# dev-sample evaluation during training), EVAL_STEPS (700: its period), SCORE (0: stop after decoding, e.g. where nltk is not installed), TEST.
 set -euo pipefail
 if [ $# -ne 2 ]; then
   echo "usage: bash $0 DATA_DIR WORK_DIR" >&2
@@ -32,6 +34,10 @@ DATASET="${DATASET:-squad_qg_du}"
 EXTRA_TRAIN_FLAGS="${EXTRA_TRAIN_FLAGS:-}"
 EVAL_SAMPLE="${EVAL_SAMPLE:-1}"
 SCORE="${SCORE:-1}"
+COPY="${COPY:-1}"
+EVAL_STEPS="${EVAL_STEPS:-700}"
+TEST="${TEST:-0}"
+if [ "$COPY" != 0 ]; then EXTRA_TRAIN_FLAGS="--copy_mechanism $EXTRA_TRAIN_FLAGS"; fi
 # bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 / AMX); elsewhere it is emulated and slower than fp32
 PRECISION="${PRECISION:-$(grep -q -E 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo bf16 || echo fp32)}"
 for f in train dev; do
@@ -48,7 +54,7 @@ mkdir -p "$WORK"
 # tokenisation.
 EVAL_FLAGS=()
 if [ "$EVAL_SAMPLE" != 0 ]; then
-  EVAL_FLAGS=(--eval_file "$WORK/dev.sample.jsonl" --eval_max_examples 0 --eval_steps 400 --detokenize ptb
+  EVAL_FLAGS=(--eval_file "$WORK/dev.sample.jsonl" --eval_max_examples 0 --eval_steps "$EVAL_STEPS" --detokenize ptb
               --eval_metric bleu4_tok --eval_metrics bleu,rouge --eval_batch_size 64)
 fi
 if [ ! -f "$WORK/model/ckpt-$STEPS/training_state.pt" ]; then
@@ -62,11 +68,24 @@ if [ ! -f "$WORK/model/ckpt-$STEPS/training_state.pt" ]; then
     --logging_steps 25 --save_steps 200 --save_total_limit 2 "${EVAL_FLAGS[@]}" $EXTRA_TRAIN_FLAGS
 fi
 
-"$PYTHON" decode_seq2seq.py \
-  --model_path "$WORK/model/ckpt-$STEPS" --input_file "$WORK/dev.grouped.jsonl" --output_file "$WORK/dev.pred.txt" \
-  --precision "$PRECISION" --batch_size 64 --beam_size 5 --length_penalty 2.0 --min_len 6 --max_tgt_length 32 \
-  --forbid_duplicate_ngrams --ngram_size 3 --detokenize ptb --resume
+SPLITS=(dev)
+if [ "$TEST" != 0 ]; then
+  [ -f "$DATA/$DATASET/test.jsonl" ] || { echo "error: $DATA/$DATASET/test.jsonl not found" >&2; exit 2; }
+  "$PYTHON" experiments/squad_qg.py group "$DATA/$DATASET/test.jsonl" "$WORK/test.grouped.jsonl"
+  SPLITS+=(test)
+fi
+for split in "${SPLITS[@]}"; do
+  "$PYTHON" decode_seq2seq.py \
+    --model_path "$WORK/model/ckpt-$STEPS" --input_file "$WORK/$split.grouped.jsonl" \
+    --output_file "$WORK/$split.pred.txt" \
+    --precision "$PRECISION" --batch_size 64 --beam_size 5 --length_penalty 2.0 --min_len 6 --max_tgt_length 32 \
+    --forbid_duplicate_ngrams --ngram_size 3 --detokenize ptb --resume
+done
 
 [ "$SCORE" != 0 ] || exit 0
 "$PYTHON" experiments/squad_qg.py score "$WORK/dev.grouped.jsonl" "$WORK/dev.pred.txt" \
   --json "$WORK/scores.json" --train_log "$WORK/model/train_log.jsonl"
+if [ "$TEST" != 0 ]; then
+  "$PYTHON" experiments/squad_qg.py score "$WORK/test.grouped.jsonl" "$WORK/test.pred.txt" \
+    --json "$WORK/test.scores.json" --train_log "$WORK/model/train_log.jsonl"
+fi

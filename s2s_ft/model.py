@@ -319,21 +319,29 @@ class CopyAttention(nn.Module):
         with torch.autocast(hidden.device.type, enabled=False):
             return torch.matmul(self.query(hidden.float()), keys.transpose(1, 2)) * self.scale
 
-    def mix(self, hidden: torch.Tensor, vocab_logits: torch.Tensor, scores: torch.Tensor, source_ids: torch.Tensor,
-            copyable: torch.Tensor) -> torch.Tensor:
-        """[N, V] log-probabilities of the mixture for N predicting tokens: their hidden states [N, hidden], the MLM
-        head's logits [N, V], copy logits [N, S] over their rows' source columns, those columns' ids [N, S] and
-        which of them may be copied [N, S]. A row with nothing to copy gets the vocabulary distribution alone."""
+    def mixture(self, hidden: torch.Tensor, vocab_at_columns: torch.Tensor, scores: torch.Tensor,
+                source_ids: torch.Tensor, copyable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The mixture for N predicting tokens, without a second [N, V] pass: their hidden states [N, hidden], the
+        MLM head's log-probability of each column's word [N, S], copy logits [N, S] over their rows' columns, those
+        columns' ids [N, S] and which of them may be copied [N, S]. Returns
+
+        * ``log_vocab_share`` [N, 1]: log g; a word in no copyable column has log P(w) = log g + log P_vocab(w);
+        * ``column_log_probs`` [N, S]: log P of the word in each column (meaningful where copyable);
+        * ``same_word`` [N, S]: how many copyable columns hold each column's word (a word is one outcome).
+
+        A row with nothing to copy gets the vocabulary distribution alone (log g = 0)."""
         with torch.autocast(hidden.device.type, enabled=False):
-            vocab = torch.log_softmax(vocab_logits.float(), -1)
             any_copyable = copyable.any(-1, keepdim=True)
             attention = torch.softmax(scores.float().masked_fill(~copyable, float("-inf")), -1)
             attention = attention.masked_fill(~any_copyable, 0.0)  # all -inf rows: NaN -> no copy mass
-            copy = torch.zeros_like(vocab).scatter_add_(1, source_ids, attention)
+            same = (source_ids[:, :, None] == source_ids[:, None, :]) & copyable[:, None, :]  # [N, S, S]
+            copy_mass = torch.matmul(same.float(), attention[:, :, None])[..., 0]  # of each column's word
             gate = self.gate(hidden.float())  # [N, 1]
             log_vocab_share = torch.where(any_copyable, F.logsigmoid(gate), torch.zeros_like(gate))
             log_copy_share = torch.where(any_copyable, F.logsigmoid(-gate), torch.full_like(gate, float("-inf")))
-            return torch.logaddexp(log_vocab_share + vocab, log_copy_share + torch.log(copy.clamp_min(COPY_TINY)))
+            column = torch.logaddexp(log_vocab_share + vocab_at_columns,
+                                     log_copy_share + torch.log(copy_mass.clamp_min(COPY_TINY)))
+            return log_vocab_share, column, same.sum(-1)
 
 
 class UnifiedTransformer(nn.Module):
@@ -437,12 +445,16 @@ class UnifiedTransformer(nn.Module):
     def log_probs(self, hidden: torch.Tensor, copy_scores: Optional[torch.Tensor] = None,
                   source_ids: Optional[torch.Tensor] = None, copyable: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[N, V] fp32 next-token log-probabilities of the predicting tokens' hidden states [N, hidden]: the MLM
-        head's softmax, or with the copy mechanism the mixture (``CopyAttention.mix``; the copy arguments are the
+        head's softmax, or with the copy mechanism the mixture (``CopyAttention.mixture``; the copy arguments are the
         rows' copy logits [N, S], source ids [N, S] and copyable mask [N, S])."""
-        logits = self.head(hidden)
+        vocab = torch.log_softmax(self.head(hidden).float(), -1)
         if self.copy is None:
-            return torch.log_softmax(logits.float(), -1)
-        return self.copy.mix(hidden, logits, copy_scores, source_ids, copyable)
+            return vocab
+        log_vocab_share, column, _ = self.copy.mixture(hidden, vocab.gather(1, source_ids), copy_scores, source_ids,
+                                                       copyable)
+        # every word at log g + log P_vocab, then the copyable columns' words at their mixture value, which is the
+        # larger of the two (the copy part only adds mass): amax leaves other columns' words as they were
+        return (log_vocab_share + vocab).scatter_reduce(1, source_ids, column, reduce="amax")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -37,6 +37,7 @@ from .dev_eval import DevEvaluator
 from .distributed import World
 from .errors import TrainingStopped, UsageError
 from .loss import seq2seq_loss
+from .memory import release_free_memory, trim_period
 from .objectives import TrainingData, checkpoint_settings, training_examples
 from .optim import make_optimizer
 from .packing import Packer, SpecialIds
@@ -204,12 +205,15 @@ def train(args: argparse.Namespace, world: World) -> str:
     progress = tqdm(total=args.num_training_steps, initial=run.step, desc="train",
                     disable=None if world.is_main else True)
     window = LogWindow()
+    trim_every = trim_period()
     while run.step < args.num_training_steps:
         run.model.set_dropout(run.step >= args.dropout_from_step)  # a function of the step: resumes exactly
         grad_norm, bad_loss, bad, epoch = train_step(run, window)
         run.step += 1
         progress.update(1)
         rundir.hook_delay(rundir.STEP_DELAY_ENV)
+        if trim_every and run.step % trim_every == 0:  # resident memory back to what is live (memory.py: why)
+            release_free_memory()
         count_bad_step(run, bad, bad_loss, window)
         if run.step % args.logging_steps == 0 or run.step == args.num_training_steps:
             record = window.record(run.step, epoch, run.scheduler.get_last_lr()[0], float(grad_norm))
