@@ -77,16 +77,9 @@ SEARCH_FLAGS = ("beam_size", "length_penalty", "min_len", "max_tgt_length", "for
 def check_search_args(args: argparse.Namespace) -> None:
     """UsageError (one line) for an impossible or contradictory search setting of ``add_search_flags``
     (``max_tgt_length`` may be None: the checkpoint's, checked when it is known)."""
-    for name, low in (("beam_size", 1), ("nbest", 1), ("ngram_size", 1), ("min_len", 0)):
-        if getattr(args, name) < low:
-            raise UsageError(f"--{name} must be >= {low}, got {getattr(args, name)}")
-    if args.max_tgt_length is not None and args.max_tgt_length < 1:
-        raise UsageError(f"--max_tgt_length must be >= 1, got {args.max_tgt_length}")
-    if args.max_tgt_length is not None and args.min_len > args.max_tgt_length:
-        raise UsageError(f"--min_len {args.min_len} exceeds --max_tgt_length {args.max_tgt_length}")
-    if args.nbest > args.beam_size:
-        raise UsageError(f"--nbest {args.nbest} exceeds --beam_size {args.beam_size}")
-    search_config(args, max_tgt_length=1).check()
+    # the checks themselves are SearchConfig.check's; an unknown length stands in as long enough
+    length = args.max_tgt_length if args.max_tgt_length is not None else max(1, args.min_len)
+    search_config(args, max_tgt_length=length).check()
 
 
 def search_config(args: argparse.Namespace, max_tgt_length: int, ignore=()) -> SearchConfig:

@@ -58,6 +58,10 @@ from .model import KVCache, UnifiedTransformer
 from .packing import SpecialIds, decoding_prefix
 
 
+MAX_LENGTH_PENALTY = 10.0
+MIN_TEMPERATURE = 1e-4
+
+
 @dataclass
 class SearchConfig:
     beam_size: int = 1
@@ -77,13 +81,27 @@ class SearchConfig:
     seed: int = 0
 
     def check(self) -> None:
-        """UsageError (one line) for contradictory sampling settings."""
+        """UsageError (one line) for an impossible or contradictory setting. The one place search settings are
+        checked: the command line, the server and the Python API (``generate``) all come through here."""
+        for name, low in (("beam_size", 1), ("nbest", 1), ("ngram_size", 1), ("min_len", 0), ("max_tgt_length", 1)):
+            if getattr(self, name) < low:
+                raise UsageError(f"--{name} must be >= {low}, got {getattr(self, name)}")
+        if self.min_len > self.max_tgt_length:
+            raise UsageError(f"--min_len {self.min_len} exceeds --max_tgt_length {self.max_tgt_length}")
+        if self.nbest > self.beam_size:
+            raise UsageError(f"--nbest {self.nbest} exceeds --beam_size {self.beam_size}")
+        # GNMT's ((5 + n) / 6) ** alpha overflows a float long before alpha = 1e308; useful values lie in [0, 3]
+        if not -MAX_LENGTH_PENALTY <= self.length_penalty <= MAX_LENGTH_PENALTY:
+            raise UsageError(f"--length_penalty must lie in [-{MAX_LENGTH_PENALTY:g}, {MAX_LENGTH_PENALTY:g}], got "
+                             f"{self.length_penalty}")
         if self.top_k < 0:
             raise UsageError(f"--top_k must be >= 0 (0 disables it), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise UsageError(f"--top_p must be in (0, 1], got {self.top_p}")
-        if not self.temperature > 0.0:
-            raise UsageError(f"--temperature must be > 0, got {self.temperature}")
+        if not MIN_TEMPERATURE <= self.temperature <= 1.0 / MIN_TEMPERATURE:
+            # below it the scaled log-probabilities leave the float range and every row would end empty
+            raise UsageError(f"--temperature must lie in [{MIN_TEMPERATURE:g}, {1 / MIN_TEMPERATURE:g}] (for the most "
+                             f"likely token every time, decode without --do_sample), got {self.temperature}")
         if self.num_return_sequences < 1:
             raise UsageError(f"--num_return_sequences must be >= 1, got {self.num_return_sequences}")
         if self.do_sample and self.beam_size > 1:

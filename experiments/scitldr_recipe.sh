@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# SciTLDR (abstract -> one-sentence TLDR) at a 600-step CPU budget: fine-tune all-MiniLM-L6-v2 (pseudo-masked; with
+# the copy mechanism unless COPY=0), decode the test abstracts with the search chosen on the dev abstracts ("e" in
+# experiments/results/scitldr/: beam 5, length penalty 1.0, min 15 tokens, no repeated bigram), score ROUGE against
+# all of each abstract's TLDRs, and print the extractive baselines scored the same way.
+#
+#   bash experiments/scitldr_recipe.sh DATA_DIR WORK_DIR      # DATA_DIR holds scitldr/{train,test}.jsonl
+#
+# The training settings are those of the earlier SciTLDR comparison (experiments/results/scitldr/README.md): 600
+# steps of <= 4,096-token batches, lr 3e-4 with 42 warmup steps, dropout 0, label smoothing 0.1, sources cut at 256
+# word pieces, targets at 48, seed 1. Writes WORK_DIR/model/, WORK_DIR/test.pred.txt, WORK_DIR/test.scores.json.
+# Re-run after an interruption: training resumes exactly, decoding from its last chunk.
+# Overridable: PYTHON, MODEL_DIR, PRECISION, COPY (0: without the copy mechanism), SEED.
+set -euo pipefail
+if [ $# -ne 2 ]; then
+  echo "usage: bash $0 DATA_DIR WORK_DIR" >&2
+  exit 2
+fi
+DATA="$1"
+WORK="$2"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
+MODEL_DIR="${MODEL_DIR:-$("$PYTHON" -c 'from s2s_ft.minilm import minilm_dir; print(minilm_dir())')}"
+PRECISION="${PRECISION:-$(grep -q -E 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo bf16 || echo fp32)}"
+COPY="${COPY:-1}"
+SEED="${SEED:-1}"
+for f in train test; do
+  [ -f "$DATA/scitldr/$f.jsonl" ] || { echo "error: $DATA/scitldr/$f.jsonl not found" >&2; exit 2; }
+done
+COPY_FLAG=()
+if [ "$COPY" != 0 ]; then COPY_FLAG=(--copy_mechanism); fi
+mkdir -p "$WORK"
+if [ ! -f "$WORK/model/ckpt-600/training_state.pt" ]; then
+  "$PYTHON" run_seq2seq.py --model_type bert --model_name_or_path "$MODEL_DIR" --fresh_head_init identity \
+    --train_file "$DATA/scitldr/train.jsonl" --output_dir "$WORK/model" --fine_tune pseudo_masked \
+    --max_source_seq_length 256 --max_target_seq_length 48 --max_tokens_per_batch 4096 \
+    --learning_rate 3e-4 --num_warmup_steps 42 --num_training_steps 600 --dropout 0 --label_smoothing 0.1 \
+    --precision "$PRECISION" --seed "$SEED" --save_steps 100 --save_total_limit 1 --logging_steps 50 \
+    "${COPY_FLAG[@]}"
+fi
+"$PYTHON" decode_seq2seq.py --model_path "$WORK/model/ckpt-600" --input_file "$DATA/scitldr/test.jsonl" \
+  --output_file "$WORK/test.pred.txt" --precision "$PRECISION" --batch_size 32 --max_tgt_length 48 \
+  --detokenize text --beam_size 5 --length_penalty 1.0 --min_len 15 --forbid_duplicate_ngrams --ngram_size 2 \
+  --resume
+"$PYTHON" -m s2s_ft.evaluate --hyp "$WORK/test.pred.txt" --ref "$DATA/scitldr/test.jsonl" --metrics rouge \
+  --json "$WORK/test.scores.json"
+"$PYTHON" experiments/scitldr_baselines.py "$DATA/scitldr/test.jsonl"
