@@ -109,15 +109,25 @@ def check_device(name: Optional[str]) -> None:
         raise UsageError(f"--device {name}: no GPU is available; use --device cpu")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(value: str) -> str:
+    """A --log_level value, upper-cased; an unknown one is a usage error (not a KeyError deep in uvicorn)."""
+    if value.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown level {value!r}; choose from {', '.join(LOG_LEVELS)}")
+    return value.upper()
+
+
 def add_log_level_flag(add: Callable) -> None:
-    add("--log_level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    add("--log_level", default="INFO", type=log_level, help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
 
 
 def run_cli(parser: argparse.ArgumentParser, action: Callable[[argparse.Namespace], object],
             argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=getattr(logging, args.log_level.upper(), logging.INFO))
+                        level=getattr(logging, args.log_level))
     try:
         action(args)
     except USER_ERRORS as error:

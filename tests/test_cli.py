@@ -95,3 +95,15 @@ def test_non_utf8_line_is_named(tiny_bert, tmp_path, capsys):
     bad.write_bytes(b'{"src": "a", "tgt": "b"}\n{"src": "\xff", "tgt": "b"}\n')
     assert train.main(train_args(tiny_bert, str(bad), tmp_path / "out", "--num_training_steps", "1")) == 2
     assert f"{bad}:2: not valid UTF-8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["train", "decode", "serve"])
+def test_unknown_log_level_is_a_usage_error(module, capsys):
+    import importlib
+    parser = importlib.import_module(f"s2s_ft.{module}").build_parser()
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(["--log_level", "chatty"])
+    assert stop.value.code == 2
+    assert "unknown level 'chatty'" in capsys.readouterr().err
+    from s2s_ft.cli import log_level
+    assert log_level("warning") == "WARNING"
