@@ -12,16 +12,7 @@
 # Re-run after an interruption: training resumes exactly, decoding from its last chunk.
 # Overridable: PYTHON, MODEL_DIR, PRECISION, COPY (0: without the copy mechanism), SEED.
 set -euo pipefail
-if [ $# -ne 2 ]; then
-  echo "usage: bash $0 DATA_DIR WORK_DIR" >&2
-  exit 2
-fi
-DATA="$1"
-WORK="$2"
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
-MODEL_DIR="${MODEL_DIR:-$("$PYTHON" -c 'from s2s_ft.minilm import minilm_dir; print(minilm_dir())')}"
-PRECISION="${PRECISION:-$(grep -q -E 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo bf16 || echo fp32)}"
+source "$(dirname "${BASH_SOURCE[0]}")/recipe_common.sh"
 COPY="${COPY:-1}"
 SEED="${SEED:-1}"
 for f in train test; do

@@ -16,17 +16,10 @@
 # DROPOUT_FROM_STEP (late dropout: none before this step; 0 turns it off), DATASET (default squad_qg_du, Du et al.'s
 # full three-way split; squad_qg is the older 11,877-pair training file, which IS squad_qg_du's test split),
 # COPY (0: without the copy mechanism), EXTRA_TRAIN_FLAGS (appended to the training command), EVAL_SAMPLE (0: no
-# dev-sample evaluation during training), EVAL_STEPS (700: its period), SCORE (0: stop after decoding, e.g. where nltk is not installed), TEST.
+# dev-sample evaluation during training), EVAL_STEPS (700: its period), SCORE (0: stop after decoding, e.g. where
+# nltk is not installed), TEST.
 set -euo pipefail
-if [ $# -ne 2 ]; then
-  echo "usage: bash $0 DATA_DIR WORK_DIR" >&2
-  exit 2
-fi
-DATA="$1"
-WORK="$2"
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
-MODEL_DIR="${MODEL_DIR:-$("$PYTHON" -c 'from s2s_ft.minilm import minilm_dir; print(minilm_dir())')}"
+source "$(dirname "${BASH_SOURCE[0]}")/recipe_common.sh"
 STEPS="${STEPS:-2800}"
 SEED="${SEED:-1}"
 DROPOUT_FROM_STEP="${DROPOUT_FROM_STEP:-800}"
@@ -38,8 +31,6 @@ COPY="${COPY:-1}"
 EVAL_STEPS="${EVAL_STEPS:-700}"
 TEST="${TEST:-0}"
 if [ "$COPY" != 0 ]; then EXTRA_TRAIN_FLAGS="--copy_mechanism $EXTRA_TRAIN_FLAGS"; fi
-# bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 / AMX); elsewhere it is emulated and slower than fp32
-PRECISION="${PRECISION:-$(grep -q -E 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo bf16 || echo fp32)}"
 for f in train dev; do
   [ -f "$DATA/$DATASET/$f.jsonl" ] || { echo "error: $DATA/$DATASET/$f.jsonl not found" >&2; exit 2; }
 done

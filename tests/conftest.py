@@ -221,6 +221,16 @@ def train_args(model_dir, train_file, output_dir, *extra):
             "--per_device_train_batch_size", "3", "--learning_rate", "3e-3", "--logging_steps", "1"] + list(extra)
 
 
+def assert_cache_matches_recomputation(decoder, sources, config) -> None:
+    """The cached decoder and the reference path that recomputes every step give the same hypotheses."""
+    cached = decoder.generate(sources, config)
+    config.use_cache = False
+    recomputed = decoder.generate(sources, config)
+    assert [[h.tokens for h in hyps] for hyps in cached] == [[h.tokens for h in hyps] for hyps in recomputed]
+    for a, b in zip(cached, recomputed):
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+
+
 def one_error_line(capsys) -> str:
     """The one ``error: ...`` line a tool printed (and no traceback)."""
     err = capsys.readouterr().err

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, WORDS, train_args, write_tiny_bert
+from conftest import ROOT, WORDS, assert_cache_matches_recomputation, train_args, write_tiny_bert
 from s2s_ft import checkpoint, train
 from s2s_ft.decoding import SearchConfig, Seq2SeqDecoder
 from s2s_ft.loss import seq2seq_loss
@@ -136,12 +136,7 @@ def test_cached_decoding_equals_recomputation(method):
     for config in (SearchConfig(beam_size=1, max_tgt_length=8), SearchConfig(beam_size=4, max_tgt_length=8, nbest=4,
                                                                               length_penalty=0.6),
                    SearchConfig(do_sample=True, num_return_sequences=3, max_tgt_length=8, seed=5)):
-        cached = decoder.generate(SOURCES, config)
-        config.use_cache = False
-        recomputed = decoder.generate(SOURCES, config)
-        assert [[h.tokens for h in hyps] for hyps in cached] == [[h.tokens for h in hyps] for hyps in recomputed]
-        for a, b in zip(cached, recomputed):
-            assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+        assert_cache_matches_recomputation(decoder, SOURCES, config)
 
 
 def test_copying_reaches_source_words_the_vocabulary_head_cannot():

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from conftest import assert_cache_matches_recomputation
 from s2s_ft.decoding import SearchConfig, Seq2SeqDecoder, banned_ngram_mask
 from s2s_ft.model import NEVER_VISIBLE, ModelConfig, UnifiedTransformer
 from s2s_ft.packing import SpecialIds
@@ -71,12 +72,7 @@ def test_cached_decoding_gives_identical_ids_to_recomputation(method, variant):
     decoder = Seq2SeqDecoder(model, special(target_type=int(model.config.type_vocab_size > 1)), method)
     for beam in (1, 4):
         config = SearchConfig(beam_size=beam, max_tgt_length=10, min_len=2, nbest=beam, length_penalty=0.6)
-        cached = decoder.generate(SOURCES, config)
-        config.use_cache = False
-        recomputed = decoder.generate(SOURCES, config)
-        assert [[h.tokens for h in hyps] for hyps in cached] == [[h.tokens for h in hyps] for hyps in recomputed]
-        for a, b in zip(cached, recomputed):
-            assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+        assert_cache_matches_recomputation(decoder, SOURCES, config)
 
 
 @pytest.mark.parametrize("method", METHODS)
