@@ -297,6 +297,15 @@ COPY_GATE_START = math.log(9.0)
 COPY_TINY = 1e-30
 
 
+def same_word_index(ids: torch.Tensor) -> torch.Tensor:
+    """[N, S] index of each column's word among its row's distinct words (columns with the same id share it; all
+    indices < S): sums over a row's occurrences of a word cost [N, S], not [N, S, S] or [N, V]."""
+    ordered, order = ids.sort(-1)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    return torch.empty_like(ids).scatter_(1, order, starts.long().cumsum(-1) - 1)
+
+
 class CopyAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -334,14 +343,16 @@ class CopyAttention(nn.Module):
             any_copyable = copyable.any(-1, keepdim=True)
             attention = torch.softmax(scores.float().masked_fill(~copyable, float("-inf")), -1)
             attention = attention.masked_fill(~any_copyable, 0.0)  # all -inf rows: NaN -> no copy mass
-            same = (source_ids[:, :, None] == source_ids[:, None, :]) & copyable[:, None, :]  # [N, S, S]
-            copy_mass = torch.matmul(same.float(), attention[:, :, None])[..., 0]  # of each column's word
+            # a word is one outcome: sum the attention of the columns that hold it, in a per-row word index
+            word = same_word_index(source_ids)
+            copy_mass = torch.zeros_like(attention).scatter_add_(1, word, attention).gather(1, word)
+            same_word = torch.zeros_like(attention).scatter_add_(1, word, copyable.float()).gather(1, word)
             gate = self.gate(hidden.float())  # [N, 1]
             log_vocab_share = torch.where(any_copyable, F.logsigmoid(gate), torch.zeros_like(gate))
             log_copy_share = torch.where(any_copyable, F.logsigmoid(-gate), torch.full_like(gate, float("-inf")))
             column = torch.logaddexp(log_vocab_share + vocab_at_columns,
                                      log_copy_share + torch.log(copy_mass.clamp_min(COPY_TINY)))
-            return log_vocab_share, column, same.sum(-1)
+            return log_vocab_share, column, same_word
 
 
 class UnifiedTransformer(nn.Module):
