@@ -10,7 +10,8 @@ JSON over HTTP (FastAPI + uvicorn, the ``serve`` extra: ``pip install -e .[serve
   forbid_ignore_word, nbest, do_sample, top_k, top_p, temperature, num_return_sequences, seed) ride along in the same
   object; those not given take the server's flags. With nbest or num_return_sequences > 1 a source's output is a
   list of strings. Sampling seeds from (seed, the source's position in its request, sample index), so a request's
-  samples do not depend on what it was batched with.
+  samples do not depend on what it was batched with; a sampling request without a ``seed`` gets a random one, and
+  every sampling answer says its seed (``{"output": ..., "seed": N}``) so the samples can be drawn again.
 * ``GET /health``: 200 once the model is loaded (it is loaded before the server listens).
 * Dynamic batching (``Batcher``): requests are collected on the event loop until the oldest has waited
   ``--batch_window_ms`` or ``--max_batch_size`` sources are waiting; the collected requests are grouped by their
@@ -30,6 +31,7 @@ import json
 import logging
 import math
 import re
+import secrets
 import sys
 import threading
 import time
@@ -142,6 +144,8 @@ class Server:
             request = json.loads(body)
         except ValueError as error:
             raise RequestError(400, f"the body is not JSON: {one_line(error)}") from None
+        except RecursionError:  # json's parser recurses once per nesting level
+            raise RequestError(400, "the body nests too deeply to be a request") from None
         if not isinstance(request, dict):
             raise RequestError(400, 'the body must be a JSON object: {"src": "..." or ["...", ...], options}')
         if "src" not in request:
@@ -149,8 +153,12 @@ class Server:
         unknown = sorted(set(request) - {"src"} - set(self.types))
         if unknown:
             raise RequestError(422, f"unknown option {unknown[0]!r}; the options are {', '.join(self.types)}")
-        config = self.config({name: check_type(name, value, self.types[name])
-                              for name, value in request.items() if name != "src"})
+        options = {name: check_type(name, value, self.types[name]) for name, value in request.items() if name != "src"}
+        if options.get("do_sample", self.defaults.do_sample) and "seed" not in options:
+            # a request that names no seed gets a fresh one (returned with the answer, so the sample can be drawn
+            # again); the server's --seed would give every such request the same samples
+            options["seed"] = secrets.randbits(31)
+        config = self.config(options)
         single = isinstance(request["src"], str)
         ids = self.source_ids([request["src"]] if single else request["src"])
         try:
@@ -348,6 +356,11 @@ def build_app(server: Server, window_s: float = 0.005):
     async def http_error(request: Request, error: HTTPException):  # 404, 405: the same {"error": ...} shape
         return JSONResponse({"error": one_line(error.detail)}, status_code=error.status_code, headers=error.headers)
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception):  # never a text/plain 500
+        log.error("unexpected error answering %s", request.url.path, exc_info=error)
+        return JSONResponse({"error": one_line(f"internal error: {type(error).__name__}")}, status_code=500)
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "model_path": server.model_path}
@@ -367,7 +380,7 @@ def build_app(server: Server, window_s: float = 0.005):
             return JSONResponse({"error": one_line(f"decoding failed: {type(error).__name__}: {error}")},
                                 status_code=500)
         log.debug("%d sources in %.1f ms", len(job.ids), 1000 * (time.perf_counter() - started))
-        return {"output": output}
+        return {"output": output, "seed": job.config.seed} if job.config.do_sample else {"output": output}
 
     return app
 

@@ -229,3 +229,26 @@ def test_without_the_serve_extra_the_server_says_how_to_install_it(tmp_path, cap
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn raises ImportError
     assert serve.main(["--model_path", str(tmp_path)]) == 2
     assert "pip install -e '.[serve]'" in one_error_line(capsys)
+
+
+def test_sampling_without_a_seed_draws_one_and_returns_it(loaded):
+    with client_for(loaded) as client:
+        answers = [client.post("/generate", json={"src": "the cat", "do_sample": True, "max_tgt_length": 6}).json()
+                   for _ in range(8)]
+        seeds = [a["seed"] for a in answers]
+        assert len(set(seeds)) == len(seeds)  # fresh seeds (8 draws of 31 bits)
+        again = client.post("/generate", json={"src": "the cat", "do_sample": True, "max_tgt_length": 6,
+                                               "seed": seeds[0]}).json()
+        assert again == answers[0]  # the returned seed reproduces the sample
+        assert "seed" not in client.post("/generate", json={"src": "the cat"}).json()  # not sampling: no seed
+
+
+def test_deeply_nested_and_unexpected_failures_answer_json(loaded, monkeypatch):
+    with client_for(loaded) as client:
+        response = client.post("/generate", content=b'{"src": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+        assert response.status_code == 400 and "nests too deeply" in response.json()["error"]
+        monkeypatch.setattr(serve.Server, "parse", lambda self, body: 1 / 0)
+    with TestClient(client.app, raise_server_exceptions=False) as client:
+        response = client.post("/generate", json={"src": "the cat"})
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal error: ZeroDivisionError"}
