@@ -194,9 +194,7 @@ class Packer:
         if generator is None:
             generator = torch.Generator().manual_seed(0)
         rows = [self.pack_example(pair, generator) for pair in pairs]
-        batch = collate(rows, self.special.pad)
-        batch.copyable = copyable_columns(batch.input_ids, batch.key_rank, self.special)
-        return batch
+        return collate(rows, self.special)
 
 
 def packed_length(pair: Pair, method) -> int:
@@ -205,15 +203,18 @@ def packed_length(pair: Pair, method) -> int:
     return len(pair.source) + 2 + get_method(method).target_columns(pair.num_target_tokens)
 
 
-def collate(rows: Sequence[Row], pad_id: int) -> PackedBatch:
-    """Right-pad rows to the longest one; padding sees only itself and is seen by nobody."""
+def collate(rows: Sequence[Row], special: SpecialIds) -> PackedBatch:
+    """Right-pad rows to the longest one; padding sees only itself and is seen by nobody. The batch's ``copyable``
+    columns are set here, for training and decoding alike."""
     width = max(len(row.ids) for row in rows)
-    fills = (pad_id, 0, 0, PADDING_RANKS[0], PADDING_RANKS[1], IGNORE_INDEX)
+    fills = (special.pad, 0, 0, PADDING_RANKS[0], PADDING_RANKS[1], IGNORE_INDEX)
     tensors = []
     for column, fill in enumerate(fills):
         values = [row.columns()[column] + [fill] * (width - len(row.ids)) for row in rows]
         tensors.append(torch.tensor(values, dtype=torch.long))
-    return PackedBatch(*tensors, num_real_tokens=sum(len(row.ids) for row in rows))
+    batch = PackedBatch(*tensors, num_real_tokens=sum(len(row.ids) for row in rows))
+    batch.copyable = copyable_columns(batch.input_ids, batch.key_rank, special)
+    return batch
 
 
 def decoding_prefix(sources: Sequence[Sequence[int]], special: SpecialIds) -> PackedBatch:
@@ -227,6 +228,4 @@ def decoding_prefix(sources: Sequence[Sequence[int]], special: SpecialIds) -> Pa
         for position, token in enumerate([special.cls, *source, special.sep]):
             row.add(token, position, special.source_type, SOURCE_RANKS)
         rows.append(row)
-    batch = collate(rows, special.pad)
-    batch.copyable = copyable_columns(batch.input_ids, batch.key_rank, special)
-    return batch
+    return collate(rows, special)
