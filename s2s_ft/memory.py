@@ -8,11 +8,12 @@ Measured on the SQuAD-QG recipe with the copy mechanism (2-core Zen 4, bf16; exp
 the process held 3.06 GB at step 110 and grew ~15 MB a step (the issue that reported it saw 10.8 GB at step 2,000).
 
 What is done about it, and what was tried:
-* every ``TRIM_EVERY`` optimizer steps, ``malloc_trim(0)`` hands the heap's free pages back to the system: resident
-  memory falls back to what is live (1.2-2.5 GB over the same steps), at no measured cost in step time (the pages
-  are faulted in again at most once per period);
-* a fixed 1 MB mmap threshold (``mallopt(M_MMAP_THRESHOLD)``; large blocks always mapped and unmapped) bounded it
-  too (2.0 GB at step 110) but made steps ~10 % slower: every step faults its large activations in anew;
+* every ``TRIM_EVERY`` optimizer steps, ``malloc_trim(0)`` hands the heap's free pages back to the system: over the
+  first 90 steps the resident set fell back to 1.2-2.5 GB at each trim, at no measured cost in step time. It does not
+  bound the whole run: the recipe still peaked at 5.6 GB late in training (experiments/results/squad_qg_du_copy/),
+  so something beyond freed heap pages grows too (not found yet);
+* a fixed 1 MB mmap threshold (``mallopt(M_MMAP_THRESHOLD)``; large blocks always mapped and unmapped) slowed the
+  growth too (2.0 GB at step 110) but made steps ~10 % slower: every step faults its large activations in anew;
 * fewer arenas (``M_ARENA_MAX`` 2) alone changed little (2.45 GB at step 60 against 2.72).
 ``S2S_FT_TRIM_EVERY=0`` turns the trimming off (for measuring it).
 """

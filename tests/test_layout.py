@@ -135,3 +135,20 @@ def test_the_same_thing_has_the_same_flag_name_in_every_tool():
         assert serve_flags[name] == decode_flags[name], name
         assert serve.build_parser().get_default(name) == decode.build_parser().get_default(name), name
     assert serve_flags["device"] == decode_flags["device"] and serve_flags["quantize"] == decode_flags["quantize"]
+
+
+def test_no_committed_file_carries_a_path_of_the_machine_it_ran_on():
+    """Records and scripts name data, runs and packages relatively (../shared/data, WORK/, SITE_PACKAGES/), so that they
+    read and run the same from any clone."""
+    import subprocess
+    machine = ("/" + "work/", "/" + "root/")  # spelled apart so that this file does not match itself
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    offenders = []
+    for name in files:
+        path = os.path.join(ROOT, name)
+        if name.endswith((".gz", ".png", ".safetensors")) or not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8", errors="ignore") as handle:
+            text = handle.read()
+        offenders += [f"{name}: {marker}" for marker in machine if marker in text]
+    assert not offenders, offenders
