@@ -146,6 +146,35 @@ def activation(name: str):
     return _ACTIVATIONS[name]
 
 
+def _dropout_cpu(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout from a uniform draw: on CPU ~1.5x faster than ``F.dropout`` (whose Bernoulli sampler is the slow part),
+    same distribution, same default generator (so resuming and activation checkpointing replay it exactly)."""
+    keep = torch.rand(x.shape, device=x.device) >= p
+    return torch.where(keep, x * (1.0 / (1.0 - p)), 0.0)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with the faster draw on CPU (a subclass, so code that finds dropouts by type still does)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.p > 0 and x.device.type == "cpu":
+            return _dropout_cpu(x, self.p)
+        return super().forward(x)
+
+
+def attention(q, k, v, mask: Optional[torch.Tensor], dropout_p: float) -> torch.Tensor:
+    """``F.scaled_dot_product_attention``, except with dropout on CPU: there SDPA's fused kernel takes no dropout and
+    falls back to an unfused path that samples Bernoulli masks (a fifth of a bf16 training step, measured on a
+    2-core Zen 4); this is that same computation with the faster draw. ``mask``: boolean (True = may attend) or
+    additive, as SDPA takes it."""
+    if dropout_p == 0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    return _dropout_cpu(torch.softmax(scores, -1), dropout_p) @ v
+
+
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -166,8 +195,7 @@ class SelfAttention(nn.Module):
             cache.keys[layer, :, :, start:end] = k
             cache.values[layer, :, :, start:end] = v
             k, v = cache.keys[layer, :, :, :end], cache.values[layer, :, :, :end]
-        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
-                                           dropout_p=self.dropout_p if self.training else 0.0)
+        y = attention(q, k.to(q.dtype), v.to(q.dtype), mask, self.dropout_p if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(b, q.shape[2], h))
 
 
@@ -182,7 +210,7 @@ class TransformerLayer(nn.Module):
         self.ffn_out = nn.Linear(config.intermediate_size, config.hidden_size)
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.act = activation(config.hidden_act)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x, mask, cache: Optional[KVCache], layer: int, n_out: Optional[int] = None):
         attended = self.attention(x, mask, cache, layer, n_out)
@@ -200,7 +228,7 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(config.max_position_embeddings, width)
         self.token_type = nn.Embedding(config.type_vocab_size, width) if config.type_vocab_size > 0 else None
         self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         # ELECTRA generators embed narrower than they compute.
         self.project = nn.Linear(width, config.hidden_size) if width != config.hidden_size else None
         self.position_offset = config.position_offset
