@@ -41,6 +41,6 @@ setup(
     extras_require={
         "test": ["pytest", "httpx"],  # httpx: FastAPI's TestClient (tests/test_serve.py, with the serve extra)
         "eval": ["rouge-score", "sacrebleu", "nltk", "matplotlib"],
-        "serve": ["fastapi", "uvicorn"],  # s2s-ft-serve
+        "serve": ["fastapi", "uvicorn", "prometheus-client"],  # s2s-ft-serve (/metrics: prometheus-client)
     },
 )

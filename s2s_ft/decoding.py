@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -112,6 +112,15 @@ class SearchConfig:
                                                   ("num_return_sequences", 1)) if getattr(self, name) != default]
             if changed:
                 raise UsageError(f"--{changed[0]} needs --do_sample")
+
+
+class DecodingStopped(Exception):
+    """A decoding call ended early because its ``should_stop`` said so."""
+
+
+def stop_if_asked(should_stop: Optional[Callable[[], bool]]) -> None:
+    if should_stop is not None and should_stop():
+        raise DecodingStopped("decoding stopped on request")
 
 
 @dataclass
@@ -234,13 +243,11 @@ class Seq2SeqDecoder:
         prefix = decoding_prefix(sources, self.special).to(self.device)
         inputs = prefix.model_inputs()
         source_width = prefix.input_ids.shape[1]
-        # a step stores at most one token per row (a sentence's k beams share its cache row) and feeds one more
-        target_width = (config.max_tgt_length + 1) * (1 if config.do_sample else config.beam_size)
         cache, source_hidden = None, None
         with self._autocast():
             if config.use_cache:
-                cache_dtype = self.autocast_dtype or next(self.model.parameters()).dtype
-                cache = KVCache(self.model.config, n, source_width + target_width, self.device, cache_dtype)
+                cache = KVCache(self.model.config, n, self._cache_width(source_width, config),
+                                self.device, self._cache_dtype())
                 source_hidden = self.model(**inputs, cache=cache)  # encode the source once
             elif self.model.copy is not None:  # the source's states do not depend on the target: once is enough
                 source_hidden = self.model(**inputs)
@@ -328,12 +335,36 @@ class Seq2SeqDecoder:
             kept += self._sentence_step(ranked, a * beams, rows.tokens, finished[sentence], last_step, config)
         return kept
 
+    def _cache_dtype(self) -> torch.dtype:
+        return self.autocast_dtype or next(self.model.parameters()).dtype
+
+    @staticmethod
+    def _cache_width(source_width: int, config: SearchConfig) -> int:
+        """Columns of a decoding call's cache: the source's, then a step stores at most one token per row (a
+        sentence's k beams share its cache row) and feeds one more."""
+        return source_width + (config.max_tgt_length + 1) * (1 if config.do_sample else config.beam_size)
+
+    def cache_bytes(self, source_lengths: Sequence[int], config: SearchConfig) -> int:
+        """A bound on the memory the key/value cache of one ``generate`` call over sources of these lengths takes
+        (servers check it before admitting a request): the cache's tensors, twice, since a reorder (sentences
+        leave, samples are spread out) builds the new cache before the old one goes."""
+        if not config.use_cache or not source_lengths:
+            return 0
+        source_width = decoding_prefix([[0] * max(source_lengths)], self.special).input_ids.shape[1]
+        rows = len(source_lengths) * (config.num_return_sequences if config.do_sample else 1)
+        model = self.model.config
+        per_column = 2 * model.num_hidden_layers * model.hidden_size * self._cache_dtype().itemsize + 2 * 8
+        return 2 * rows * self._cache_width(source_width, config) * per_column
+
     @torch.inference_mode()
     def generate(self, sources: Sequence[Sequence[int]], config: SearchConfig,
-                 keys: Optional[Sequence[int]] = None) -> list[list[Hypothesis]]:
+                 keys: Optional[Sequence[int]] = None,
+                 should_stop: Optional[Callable[[], bool]] = None) -> list[list[Hypothesis]]:
         """Best ``config.nbest`` hypotheses per source, best first; sources are token ids without specials.
         With ``config.do_sample``: ``num_return_sequences`` samples per source in row order; ``keys`` (default
-        0..n-1) name the sentences for the seeds (pass input positions to make samples batch-independent)."""
+        0..n-1) name the sentences for the seeds (pass input positions to make samples batch-independent).
+        ``should_stop`` is asked before every step; if it says True the call ends with ``DecodingStopped`` (a
+        server stops decoding for clients that have gone)."""
         config.check()
         rows, cache = self._start(sources, config)
         sp = self.special
@@ -341,10 +372,11 @@ class Seq2SeqDecoder:
         # Layout tokens are never output (s2s-ft forbids them too); [SEP] ends a hypothesis instead.
         never_generated = torch.tensor(sorted({sp.cls, sp.pad, sp.mask} - {sp.sep}), device=self.device)
         if config.do_sample:
-            return self._sample(sources, config, keys, rows, cache, never_generated, ignore_ids)
+            return self._sample(sources, config, keys, rows, cache, never_generated, ignore_ids, should_stop)
         finished: list[list[Hypothesis]] = [[] for _ in sources]
         k = config.beam_size
         for step in range(config.max_tgt_length):
+            stop_if_asked(should_stop)
             beams = 1 if step == 0 else k  # rows per sentence
             log_probs = self._log_probs(rows, step, cache, config, never_generated, ignore_ids)
             kept = self._choose(rows, log_probs, step + 1 == config.max_tgt_length, config, finished, beams)
@@ -366,13 +398,15 @@ class Seq2SeqDecoder:
 
     # -- sampling --------------------------------------------------------------------------------------------------
     def _sample(self, sources, config: SearchConfig, keys, rows: _Rows, cache: Optional[KVCache],
-                never_generated: torch.Tensor, ignore_ids: torch.Tensor) -> list[list[Hypothesis]]:
+                never_generated: torch.Tensor, ignore_ids: torch.Tensor,
+                should_stop: Optional[Callable[[], bool]]) -> list[list[Hypothesis]]:
         m = config.num_return_sequences
         keys = list(range(len(sources))) if keys is None else list(keys)
         generators = [row_generator(config.seed, keys[i // m], i % m) for i in range(len(sources) * m)]
         slot = list(range(len(sources) * m))  # each live row's (sentence * m + j)
         found: list[Optional[Hypothesis]] = [None] * (len(sources) * m)
         for step in range(config.max_tgt_length):
+            stop_if_asked(should_stop)
             log_probs = self._log_probs(rows, step, cache, config, never_generated, ignore_ids)
             tokens = sample_tokens(sampling_log_probs(log_probs, config), generators)
             last = step + 1 == config.max_tgt_length

@@ -9,7 +9,7 @@ The command line (``s2s-ft-decode``, ``decode_seq2seq.py``) is s2s_ft/decode.py;
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -65,7 +65,8 @@ class LoadedDecoder:
 
     def decode_ids(self, sources: Sequence[Sequence[int]], config: SearchConfig, batch_size: int = 32,
                    progress: bool = False, shard: tuple[int, int] = (0, 1),
-                   keys: Optional[Sequence[int]] = None) -> list[Optional[list[Hypothesis]]]:
+                   keys: Optional[Sequence[int]] = None,
+                   should_stop: Optional[Callable[[], bool]] = None) -> list[Optional[list[Hypothesis]]]:
         """Hypotheses per source in input order; batches are formed from length-sorted sources.
 
         With ``config.do_sample`` each source's samples are seeded from (``config.seed``, its key, the sample's
@@ -75,6 +76,8 @@ class LoadedDecoder:
         ``shard=(rank, world)`` decodes only batches rank, rank + world, ... (the other entries stay None). The
         batches are cut before sharding, so every batch is exactly what a single process decodes: the ranks'
         results together are a single process's results, bit for bit.
+
+        ``should_stop``: asked before every decoding step; True ends the call with ``DecodingStopped``.
         """
         config.check()
         self.check_position_budget(sources, config.max_tgt_length)
@@ -86,7 +89,7 @@ class LoadedDecoder:
         bar = tqdm(total=sum(map(len, mine)), desc="decode", disable=not progress or None)
         for chunk in mine:
             for index, hyps in zip(chunk, self.decoder.generate([sources[i] for i in chunk], config,
-                                                                        [keys[i] for i in chunk])):
+                                                                [keys[i] for i in chunk], should_stop)):
                 results[index] = hyps
             bar.update(len(chunk))
         bar.close()

@@ -26,10 +26,16 @@ SOURCES = ["the cat sat on the mat", "a dog", "the big red house is on the small
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
+def checkpoint_dir(tmp_path_factory):
     """A fine-tuned-style checkpoint with random weights (large, so that outputs differ between sources and end
-    at different lengths), loaded once."""
-    return load_decoder(random_weights_checkpoint(tmp_path_factory, 10, WORDS), "cpu")
+    at different lengths)."""
+    return random_weights_checkpoint(tmp_path_factory, 10, WORDS)
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint_dir):
+    """That checkpoint, loaded once."""
+    return load_decoder(checkpoint_dir, "cpu")
 
 
 def client_for(loaded, *flags, window_ms: float = 1.0, max_batch_size: int = 32) -> TestClient:
@@ -74,7 +80,7 @@ def test_health_one_source_and_a_list(loaded):
         answer = client.post("/generate", json={"src": SOURCES})
         assert answer.json() == {"output": [alone(loaded, s) for s in SOURCES]}
         assert len(set(answer.json()["output"])) > 2  # the outputs differ: a swap would show
-        assert client.get("/generate").json() == {"error": "Method Not Allowed"}
+        assert client.get("/generate").json() == {"error": "Method Not Allowed", "error_type": "invalid_request"}
         assert client.get("/nothing").status_code == 404
 
 
@@ -122,7 +128,8 @@ BAD_REQUESTS = [
     ("beam-over-max-beams", {"src": "a dog", "beam_size": 5}, 422, "beam_size 5 exceeds max_beams 4"),
     ("samples-over-max-beams", {"src": "a dog", "do_sample": True, "num_return_sequences": 5}, 422,
      "num_return_sequences 5 exceeds max_beams 4"),
-    ("too-many-positions", {"src": "a dog", "max_tgt_length": 100}, 422, "lower max_tgt_length"),
+    ("over-the-target-limit", {"src": "a dog", "max_tgt_length": 9}, 422,
+     "max_tgt_length 9 exceeds the server's limit of 8 target tokens (max_target_tokens)"),
     ("ignore-word-oov", {"src": "a dog", "forbid_ignore_word": "zebra"}, 422, "zebra is not a token"),
 ]
 
@@ -210,17 +217,22 @@ def test_health_answers_while_a_batch_decodes(loaded, monkeypatch):
         assert pending.result(timeout=30).json()["output"] == alone(loaded, "a dog")
 
 
-def test_bad_server_flags_stop_with_one_line(loaded, tmp_path, capsys):
+def test_bad_server_flags_stop_with_one_line(checkpoint_dir, tmp_path, capsys):
     from conftest import one_error_line
 
     for flags, expected in ((["--max_batch_size", "0"], "--max_batch_size must be >= 1"),
                             (["--batch_window_ms", "-1"], "--batch_window_ms must be >= 0"),
                             (["--top_k", "3"], "--top_k needs --do_sample"),
-                            (["--beam_size", "40"], "--beam_size 40 exceeds --max_beams 32"),
+                            (["--beam_size", "40"], "--beam_size 40 exceeds --max_beams 16"),
+                            (["--max_queue", "8"], "--max_queue 8 is below --max_sources_per_request 64"),
+                            (["--max_kv_cache_mb", "0"], "--max_kv_cache_mb must be > 0"),
                             (["--quantize", "int8", "--precision", "bf16"], "--quantize int8 takes fp32"),
                             (["--model_path", str(tmp_path / "missing")], "checkpoint directory not found")):
         assert serve.main(["--model_path", str(tmp_path), *flags]) == 2
         assert expected in one_error_line(capsys)
+    # Checked against the checkpoint, once it is loaded.
+    assert serve.main(["--model_path", checkpoint_dir, "--max_target_tokens", "8", "--max_tgt_length", "9"]) == 2
+    assert "max_tgt_length 9 exceeds the server's limit of 8" in one_error_line(capsys)
 
 
 def test_without_the_serve_extra_the_server_says_how_to_install_it(tmp_path, capsys, monkeypatch):
@@ -251,4 +263,4 @@ def test_deeply_nested_and_unexpected_failures_answer_json(loaded, monkeypatch):
     with TestClient(client.app, raise_server_exceptions=False) as client:
         response = client.post("/generate", json={"src": "the cat"})
         assert response.status_code == 500
-        assert response.json() == {"error": "internal error: ZeroDivisionError"}
+        assert response.json() == {"error": "internal error: ZeroDivisionError", "error_type": "internal"}
