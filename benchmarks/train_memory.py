@@ -8,7 +8,10 @@ train_log.jsonl. Variants (environment of the child):
 * ``trim``: the project's default (``malloc_trim`` every 10 steps, s2s_ft/memory.py);
 * ``default``: glibc as it comes (``S2S_FT_TRIM_EVERY=0``);
 * ``mmap1m``: a fixed 1 MB mmap threshold (``MALLOC_MMAP_THRESHOLD_``), large blocks always unmapped on free;
-* ``arena2``: at most two malloc arenas (``MALLOC_ARENA_MAX``).
+* ``arena2``: at most two malloc arenas (``MALLOC_ARENA_MAX``);
+* ``trim1``: ``malloc_trim`` after every optimizer step;
+* ``mmap1m_thp``: the fixed 1 MB threshold with glibc's transparent-huge-page tunable (``glibc.malloc.hugetlb=1``:
+  mapped blocks are advised as huge pages, so faulting them in anew costs 512x fewer faults).
 
     python benchmarks/train_memory.py --data ../shared/data/squad_qg_du/train.jsonl [--steps 120] [--variants trim,default]
 
@@ -32,6 +35,9 @@ VARIANTS = {
     "default": {"S2S_FT_TRIM_EVERY": "0"},
     "mmap1m": {"S2S_FT_TRIM_EVERY": "0", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)},
     "arena2": {"S2S_FT_TRIM_EVERY": "0", "MALLOC_ARENA_MAX": "2"},
+    "trim1": {"S2S_FT_TRIM_EVERY": "1"},
+    "mmap1m_thp": {"S2S_FT_TRIM_EVERY": "0", "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
+                   "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
 }
 
 
