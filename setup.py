@@ -19,14 +19,14 @@ setup(
     description="Fine-tune pretrained BERT-like checkpoints as sequence-to-sequence generators (s2s-ft style)",
     packages=find_packages(include=["s2s_ft*", "mass_objective*"]),
     # run_seq2seq.py and decode_seq2seq.py stay in the checkout as the s2s-ft-compatible scripts; installed, the
-    # tools are these commands (and python -m s2s_ft.train / s2s_ft.decode / s2s_ft.evaluate / s2s_ft.serve;
+    # tools are these commands (and python -m s2s_ft.cli.train / s2s_ft.cli.decode / s2s_ft.cli.evaluate / s2s_ft.serving.server;
     # s2s-ft-serve needs the serve extra).
     entry_points={
         "console_scripts": [
-            "s2s-ft-train = s2s_ft.train:main",
-            "s2s-ft-decode = s2s_ft.decode:main",
-            "s2s-ft-eval = s2s_ft.evaluate:main",
-            "s2s-ft-serve = s2s_ft.serve:main",
+            "s2s-ft-train = s2s_ft.cli.train:main",
+            "s2s-ft-decode = s2s_ft.cli.decode:main",
+            "s2s-ft-eval = s2s_ft.cli.evaluate:main",
+            "s2s-ft-serve = s2s_ft.cli.serve:main",
         ],
     },
     python_requires=">=3.9",

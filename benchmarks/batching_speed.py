@@ -22,12 +22,18 @@ import time
 
 import torch
 
-from s2s_ft import checkpoint
-from s2s_ft.batching import TokenBudgetSampler, epoch_batches, packed_length, padding_ratio, random_batches
-from s2s_ft.data import load_tokenizer, read_pairs, special_ids
-from s2s_ft.minilm import minilm_dir
-from s2s_ft.loss import seq2seq_loss
-from s2s_ft.packing import Packer
+from s2s_ft.data.batching import (
+    TokenBudgetSampler,
+    epoch_batches,
+    packed_length,
+    padding_ratio,
+    random_batches,
+)
+from s2s_ft.data.packing import Packer
+from s2s_ft.data.reading import load_tokenizer, read_pairs, special_ids
+from s2s_ft.model import checkpoint
+from s2s_ft.model.minilm import minilm_dir
+from s2s_ft.training.loss import seq2seq_loss
 
 
 def calibrated_budget(lengths, rows: float, seed: int) -> int:

@@ -5,7 +5,7 @@ system does equal work), the systems taking turns batch by batch (sentence by se
 beam 5:
 
 * ours fp32 with the key/value cache (``ours_fp32``),
-* ours with ``--quantize int8`` (``ours_int8``: dynamic int8 linear layers, s2s_ft/quantize.py; CPU only),
+* ours with ``--quantize int8`` (``ours_int8``: dynamic int8 linear layers, s2s_ft/model/quantize.py; CPU only),
 * ours with --no_cache (recompute the whole sequence every step, as s2s-ft's decoder effectively does),
 * HF EncoderDecoderModel (bert2bert warm-started from ``--model_dir``) with ``generate``, fp32.
 
@@ -43,15 +43,14 @@ import statistics
 import time
 
 import torch
-
-from s2s_ft import checkpoint
-from s2s_ft.data import iter_jsonl, load_tokenizer, special_ids
-from s2s_ft.decoding import SearchConfig, Seq2SeqDecoder
-from s2s_ft.minilm import minilm_dir
-from s2s_ft.packing import SpecialIds
-from s2s_ft.quantize import quantize_int8
-
 from roofline import ceiling, counted_flops, dense_time_share, matmul_peak, sync
+
+from s2s_ft.data.packing import SpecialIds
+from s2s_ft.data.reading import iter_jsonl, load_tokenizer, special_ids
+from s2s_ft.decoding.search import SearchConfig, Seq2SeqDecoder
+from s2s_ft.model import checkpoint
+from s2s_ft.model.minilm import minilm_dir
+from s2s_ft.model.quantize import quantize_int8
 
 
 def search_config(tokens, beam, use_cache=True):
@@ -256,7 +255,8 @@ def main():
     count = min(args.sentences, len(ids))
     batches = [ids[i:i + args.batch_size] for i in range(0, count, args.batch_size)]
 
-    from transformers import EncoderDecoderModel, logging as hf_logging
+    from transformers import EncoderDecoderModel
+    from transformers import logging as hf_logging
     hf_logging.set_verbosity_error()
     hf = EncoderDecoderModel.from_encoder_decoder_pretrained(model_dir, model_dir).to(device).eval()
     if hf.config.encoder.vocab_size != ours.model.config.vocab_size:  # one tokenizer feeds both systems

@@ -150,7 +150,7 @@ def bleu(args, model: str, name: str, test: str) -> float:
         run([sys.executable, "decode_seq2seq.py", "--model_path", model, "--input_file", test,
              "--output_file", prediction, "--beam_size", str(args.beam_size), "--max_tgt_length", "64",
              "--batch_size", "64", "--resume"])
-        run([sys.executable, "-m", "s2s_ft.evaluate", "--hyp", prediction, "--ref", test, "--metrics", "bleu",
+        run([sys.executable, "-m", "s2s_ft.cli.evaluate", "--hyp", prediction, "--ref", test, "--metrics", "bleu",
              "--json", scores])
     return json.load(open(scores))["bleu"]
 

@@ -31,7 +31,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # serve_load, beside this file
-from serve_load import HOST, ROOT, fail, free_port, percentile, read_sources, tail, wait_for_health
+from serve_load import HOST, ROOT, free_port, percentile, read_sources, wait_for_health
 
 SERVER_FLAGS = ["--max_batch_size", "8", "--max_queue", "32", "--max_sources_per_request", "32",
                 "--batch_window_ms", "5"]
@@ -111,7 +111,7 @@ class Server:
 
     def __init__(self, model_path: str, flags: list[str], log_path: str):
         self.port, self.log_path = free_port(), log_path
-        command = [sys.executable, "-m", "s2s_ft.serve", "--model_path", model_path, "--host", HOST, "--port",
+        command = [sys.executable, "-m", "s2s_ft.cli.serve", "--model_path", model_path, "--host", HOST, "--port",
                    str(self.port), "--log_level", "INFO", *flags]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
         with open(log_path, "w") as log:

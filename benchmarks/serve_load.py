@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     port = free_port()
     base = f"http://{HOST}:{port}"
     log_path = args.server_log or os.path.join(tempfile.mkdtemp(prefix="serve_load_"), "server.log")
-    command = [sys.executable, "-m", "s2s_ft.serve", "--model_path", args.model_path, "--host", HOST, "--port",
+    command = [sys.executable, "-m", "s2s_ft.cli.serve", "--model_path", args.model_path, "--host", HOST, "--port",
                str(port), "--batch_window_ms", str(args.batch_window_ms), "--max_batch_size",
                str(args.max_batch_size), "--log_level", "WARNING", *shlex.split(args.server_args)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}

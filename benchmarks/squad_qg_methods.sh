@@ -6,7 +6,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DATA="${1:-../shared/data/squad_qg}"
 STEPS="${2:-200}"
 OUT="${3:-runs/squad_qg_methods}"
-MODEL_DIR="$(python -c 'from s2s_ft.minilm import minilm_dir; print(minilm_dir())')"
+MODEL_DIR="$(python -c 'from s2s_ft.model.minilm import minilm_dir; print(minilm_dir())')"
 for METHOD in causal masked pseudo_masked; do
   python run_seq2seq.py --model_type bert --model_name_or_path "$MODEL_DIR" \
     --train_file "$DATA/train.jsonl" --output_dir "$OUT/$METHOD" --fine_tune "$METHOD" \

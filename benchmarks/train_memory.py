@@ -5,7 +5,7 @@ bf16 where the CPU has it, ``--copy_mechanism``) for ``--steps`` steps in a subp
 parent samples the child's resident set (VmRSS) every ``--interval`` seconds and reads its step times from
 train_log.jsonl. Variants (environment of the child):
 
-* ``trim``: the project's default (``malloc_trim`` every 10 steps, s2s_ft/memory.py);
+* ``trim``: the project's default (``malloc_trim`` every 10 steps, s2s_ft/training/memory.py);
 * ``default``: glibc as it comes (``S2S_FT_TRIM_EVERY=0``);
 * ``mmap1m``: a fixed 1 MB mmap threshold (``MALLOC_MMAP_THRESHOLD_``), large blocks always unmapped on free;
 * ``arena2``: at most two malloc arenas (``MALLOC_ARENA_MAX``);
@@ -50,7 +50,7 @@ def resident_mb(pid: int) -> int:
 
 
 def run_variant(name: str, args, work: str) -> dict:
-    from s2s_ft.minilm import minilm_dir
+    from s2s_ft.model.minilm import minilm_dir
 
     out = os.path.join(work, name)
     bf16 = any(flag in open("/proc/cpuinfo").read() for flag in ("avx512_bf16", "amx_bf16"))

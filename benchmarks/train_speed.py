@@ -21,14 +21,13 @@ import resource
 import time
 
 import torch
-
-from s2s_ft import checkpoint
-from s2s_ft.data import load_tokenizer, read_pairs, special_ids
-from s2s_ft.minilm import minilm_dir
-from s2s_ft.loss import seq2seq_loss
-from s2s_ft.packing import Packer
-
 from roofline import ceiling, counted_flops, matmul_peak, sync
+
+from s2s_ft.data.packing import Packer
+from s2s_ft.data.reading import load_tokenizer, read_pairs, special_ids
+from s2s_ft.model import checkpoint
+from s2s_ft.model.minilm import minilm_dir
+from s2s_ft.training.loss import seq2seq_loss
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -65,7 +64,8 @@ class HFBert2Bert:
     name = "hf_bert2bert"
 
     def __init__(self, model_dir, pairs, args, device, tokenizer):
-        from transformers import EncoderDecoderModel, logging as hf_logging
+        from transformers import EncoderDecoderModel
+        from transformers import logging as hf_logging
         hf_logging.set_verbosity_error()
         self.model = EncoderDecoderModel.from_encoder_decoder_pretrained(model_dir, model_dir).to(device).train()
         self.model.config.decoder_start_token_id = tokenizer.cls_token_id

@@ -1,4 +1,4 @@
-"""The vocabulary projection of a decoding step, F.linear against ``s2s_ft.model.vocabulary_logits`` (the transposed
+"""The vocabulary projection of a decoding step, F.linear against ``s2s_ft.model.transformer.vocabulary_logits`` (the transposed
 product for a few rows, vocabulary panels for more), at the row counts decoding meets: 1 (greedy, batch 1), 5 (beam
 5, batch 1), 16 (greedy, batch 16), 80 (beam 5, batch 16), 400. Prints ms per call of each, their ratio and the
 largest difference between the two results (0 when each logit is computed the same way).
@@ -14,7 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from s2s_ft.model import vocabulary_logits
+from s2s_ft.model.transformer import vocabulary_logits
 
 
 def ms_per_call(fn, repeats: int) -> float:

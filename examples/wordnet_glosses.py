@@ -47,7 +47,7 @@ if __package__ in (None, ""):  # run as a script from a checkout: import the lib
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from s2s_ft.fileio import write_atomic  # noqa: E402
-from s2s_ft.wordnet import DATA_FILES, DEFAULT_WORDNET_DIR, WordNetMissing, present_files  # noqa: E402
+from s2s_ft.evaluation.wordnet import DATA_FILES, DEFAULT_WORDNET_DIR, WordNetMissing, present_files  # noqa: E402
 
 COUNT_FILE = "cntlist.rev"
 

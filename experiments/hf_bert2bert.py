@@ -5,17 +5,17 @@ initialised, as ``from_encoder_decoder_pretrained`` does), trained and decoded a
 
 What is deliberately shared with our trainer, so that only the model differs:
 
-* examples: ``s2s_ft.data.read_pairs`` (same tokenizer call, source truncated so ``[CLS] src [SEP]`` fits
+* examples: ``s2s_ft.data.reading.read_pairs`` (same tokenizer call, source truncated so ``[CLS] src [SEP]`` fits
   ``--max_source_len``, target so ``tgt [SEP]`` fits ``--max_target_len``);
-* batches: ``s2s_ft.batching.micro_batch`` (epoch-wise permutations seeded by (seed, epoch)): at a given seed,
+* batches: ``s2s_ft.data.batching.micro_batch`` (epoch-wise permutations seeded by (seed, epoch)): at a given seed,
   step k sees exactly the examples our trainer sees at step k; or, with ``--max_tokens_per_batch N``, token-budget
-  batches from ``s2s_ft.batching.TokenBudgetSampler`` with the same budget as ours. An example's length there is
+  batches from ``s2s_ft.data.batching.TokenBudgetSampler`` with the same budget as ours. An example's length there is
   ``[CLS] src [SEP]`` + ``tgt [SEP]`` (encoder plus decoder tokens, which is our causal packed length; our masked
   and pseudo-masked layouts are longer, so at the same budget their batches hold fewer examples);
-* optimizer and schedule: ``s2s_ft.optim.make_optimizer`` (AdamW, no decay on 1-D parameters, linear warmup
+* optimizer and schedule: ``s2s_ft.training.optim.make_optimizer`` (AdamW, no decay on 1-D parameters, linear warmup
   then linear decay to 0), gradient clipping at ``--max_grad_norm``;
 * loss: label-smoothed token cross-entropy, fp32 softmax, averaged over the target tokens of the batch (the
-  closing ``[SEP]`` included), as ``s2s_ft.loss.seq2seq_loss`` does over our predicted tokens;
+  closing ``[SEP]`` included), as ``s2s_ft.training.loss.seq2seq_loss`` does over our predicted tokens;
 * ``--precision bf16``: the forward passes (training and ``generate``) under CPU/GPU bf16 autocast, as ours;
 * ``--fresh_head_init identity``: the decoder's LM head, when the checkpoint has none (a headless sentence
   encoder such as all-MiniLM-L6-v2; HF then draws it at random), starts as our ``--fresh_head_init identity``
@@ -26,7 +26,7 @@ Decoding: ``generate`` with the same beam size, maximum generated tokens (the cl
 ``--max_tgt_length``), ``early_stopping=True`` (a sentence is done when it has ``beam`` finished hypotheses, as
 in our beam search), ``[CLS]``/``[PAD]``/``[MASK]`` never generated (our decoder forbids them too), ``--min_len``
 as ``min_new_tokens`` (the closing ``[SEP]`` is forbidden until that many tokens, as our ``--min_len``), and the
-same detokenisation as ours (``s2s_ft.detokenize.detokenize`` with ``--detokenize text|spaced|ptb``), so tokenised
+same detokenisation as ours (``s2s_ft.decoding.detokenize.detokenize`` with ``--detokenize text|spaced|ptb``), so tokenised
 metrics see identically formatted text. Length penalty: HF divides by ``len ** alpha``, ours by GNMT's
 ``((5 + len) / 6) ** alpha``; at alpha = 0 both rank by the plain sum of log-probabilities, at other values (the
 SQuAD-QG recipe's 2.0) the two rank long and short hypotheses somewhat differently (not reproducible in
@@ -59,13 +59,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for s2s_ft
 
-from s2s_ft.batching import TokenBudgetSampler, micro_batch  # noqa: E402
-from s2s_ft.data import iter_jsonl, load_tokenizer, read_pairs, tokenize_sides  # noqa: E402
-from s2s_ft.detokenize import DETOKENIZERS, detokenize  # noqa: E402
+from s2s_ft.data.batching import TokenBudgetSampler, micro_batch  # noqa: E402
+from s2s_ft.data.reading import iter_jsonl, load_tokenizer, read_pairs, tokenize_sides  # noqa: E402
+from s2s_ft.decoding.detokenize import DETOKENIZERS, detokenize  # noqa: E402
 from s2s_ft.fileio import write_atomic  # noqa: E402
-from s2s_ft.optim import make_optimizer  # noqa: E402
-from s2s_ft.rng import restore_rng, rng_state  # noqa: E402
-from s2s_ft.rundir import drop_log_records_after  # noqa: E402
+from s2s_ft.training.optim import make_optimizer  # noqa: E402
+from s2s_ft.training.rng import restore_rng, rng_state  # noqa: E402
+from s2s_ft.training.rundir import drop_log_records_after  # noqa: E402
 
 FINAL = "final"
 STATE = "state.pt"
@@ -255,7 +255,8 @@ def train(args) -> None:
 # -- decoding --------------------------------------------------------------------------------------------------
 @torch.inference_mode()
 def decode(args) -> None:
-    from transformers import EncoderDecoderModel, logging as hf_logging
+    from transformers import EncoderDecoderModel
+    from transformers import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     device = device_of(args.device)
@@ -300,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max_target_len", type=int, required=True, help="incl. the closing [SEP]")
     t.add_argument("--batch_size", type=int, default=16, help="fixed-size batches (without --max_tokens_per_batch)")
     t.add_argument("--max_tokens_per_batch", type=int, default=0,
-                   help="token-budget batches (s2s_ft.batching.TokenBudgetSampler): rows x longest (encoder + "
+                   help="token-budget batches (s2s_ft.data.batching.TokenBudgetSampler): rows x longest (encoder + "
                         "decoder tokens) <= N; 0: fixed --batch_size batches")
     t.add_argument("--fresh_head_init", default="random", choices=("random", "identity"),
                    help="how the decoder's LM head starts when the checkpoint has none")

@@ -20,7 +20,7 @@ detokenisation (SQuAD-QG: beam 5, length penalty 2.0, at least 6 tokens, no repe
 detokenisation as its references are tokenised). Every system gets the same training examples (per seed), the same
 number of optimizer steps, learning rate and schedule, label smoothing, maximum lengths, precision, and the same
 search settings at decoding time (bert2bert's length penalty is HF's ``len ** alpha``, ours GNMT's: they differ
-when it is not 0). All are scored by ``python -m s2s_ft.evaluate --json`` against the same reference file, plus two
+when it is not 0). All are scored by ``python -m s2s_ft.cli.evaluate --json`` against the same reference file, plus two
 checks that a system reads its source (``squad_qg.output_checks``: the fraction of distinct outputs and of outputs
 sharing a content word with their source), shown as percentages and never bold.
 
@@ -63,10 +63,11 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # the repo root, for s2s_ft
 sys.path.insert(0, HERE)  # this folder, for squad_qg (already there when run as a script; not when imported)
 
-from s2s_ft.detokenize import DETOKENIZERS  # noqa: E402
-from s2s_ft.fileio import write_atomic  # noqa: E402
-from s2s_ft.metrics import read_hypotheses  # noqa: E402
 from squad_qg import group_by_source, output_checks  # noqa: E402
+
+from s2s_ft.decoding.detokenize import DETOKENIZERS  # noqa: E402
+from s2s_ft.evaluation.metrics import read_hypotheses  # noqa: E402
+from s2s_ft.fileio import write_atomic  # noqa: E402
 
 HF_SCRIPT = os.path.join(ROOT, "experiments", "hf_bert2bert.py")
 OUR_METHODS = ("causal", "masked", "pseudo_masked")
@@ -77,7 +78,7 @@ SYSTEMS = (*OUR_METHODS, "hf_bert2bert")
 class Dataset:
     train: str
     eval: str
-    metrics: str  # s2s_ft.evaluate --metrics
+    metrics: str  # s2s_ft.cli.evaluate --metrics
     columns: tuple  # (scores.json key, table header) in table order
     grouped: bool = False  # one record per distinct source, all its targets as refs (squad_qg.group_by_source)
 
@@ -122,7 +123,7 @@ PER_DATASET_HELP = {
                       "len**alpha in HF's)",
     "min_len": "generated tokens before the closing [SEP] is allowed",
     "no_repeat_ngram": "N > 0: never repeat an N-gram (ours --forbid_duplicate_ngrams, HF no_repeat_ngram_size)",
-    "detokenize": f"output text style ({', '.join(DETOKENIZERS)}; s2s_ft.detokenize)",
+    "detokenize": f"output text style ({', '.join(DETOKENIZERS)}; s2s_ft.decoding.detokenize)",
 }
 
 
@@ -449,7 +450,7 @@ class Unit:
         if not os.path.isfile(self.scores):
             temporary = self.scores + ".tmp"  # evaluate writes in place; a kill must not leave a "done" unit
             timing["score_s"] = run_logged(
-                [sys.executable, "-m", "s2s_ft.evaluate", "--hyp", self.pred, "--ref", self.eval_file,
+                [sys.executable, "-m", "s2s_ft.cli.evaluate", "--hyp", self.pred, "--ref", self.eval_file,
                  "--metrics", DATASETS[self.dataset].metrics, "--json", temporary], log, "score")
             save_json(self.scores, with_output_checks(json.load(open(temporary)), self.pred, self.eval_file))
             os.remove(temporary)
@@ -529,7 +530,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through run_logged, which stops the child
     if args.model_dir is None:
-        from s2s_ft.minilm import minilm_dir
+        from s2s_ft.model.minilm import minilm_dir
         args.model_dir = minilm_dir()
 
     units_by_dataset, settings_by_dataset = {}, {}

@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for s2s_ft
 
-from s2s_ft.metrics import join_pieces, read_dev_examples, read_hypotheses  # noqa: E402
+from s2s_ft.evaluation.metrics import join_pieces, read_dev_examples, read_hypotheses  # noqa: E402
 
 FUNCTION_WORDS = frozenset(
     "the a an of in on at by for from with as to and or is are was were be been do does did what which who whom "

@@ -1,4 +1,4 @@
-"""SciTLDR baselines that need no model, scored like the models (``s2s_ft.metrics.score``, multi-reference ROUGE):
+"""SciTLDR baselines that need no model, scored like the models (``s2s_ft.evaluation.metrics.score``, multi-reference ROUGE):
 
 * ``lead``: the abstract's first sentence (the summarisation baseline the issue names);
 * ``contribution sentence``: the abstract's first sentence that states the contribution (``we propose``,
@@ -18,9 +18,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from s2s_ft.baselines import SENTENCE_END, lead_sentence  # noqa: E402
-from s2s_ft.data import iter_jsonl  # noqa: E402
-from s2s_ft.metrics import score  # noqa: E402
+from s2s_ft.data.reading import iter_jsonl  # noqa: E402
+from s2s_ft.evaluation.baselines import SENTENCE_END, lead_sentence  # noqa: E402
+from s2s_ft.evaluation.metrics import score  # noqa: E402
 
 CONTRIBUTION = re.compile(r"\b(we (propose|present|introduce|show|develop|demonstrate)|this paper|in this work)\b",
                           re.IGNORECASE)

@@ -33,6 +33,6 @@ fi
   --output_file "$WORK/test.pred.txt" --precision "$PRECISION" --batch_size 32 --max_tgt_length 48 \
   --detokenize text --beam_size 5 --length_penalty 1.0 --min_len 15 --forbid_duplicate_ngrams --ngram_size 2 \
   --resume
-"$PYTHON" -m s2s_ft.evaluate --hyp "$WORK/test.pred.txt" --ref "$DATA/scitldr/test.jsonl" --metrics rouge \
+"$PYTHON" -m s2s_ft.cli.evaluate --hyp "$WORK/test.pred.txt" --ref "$DATA/scitldr/test.jsonl" --metrics rouge \
   --json "$WORK/test.scores.json"
 "$PYTHON" experiments/scitldr_baselines.py "$DATA/scitldr/test.jsonl"

@@ -9,7 +9,7 @@ every question asked about that sentence. Our ``dev.jsonl`` repeats a sentence o
         [--train_log WORK/model/train_log.jsonl]
 
 ``group`` writes one ``{"src", "tgt", "refs"}`` line per distinct ``src`` in order of first appearance (``refs``:
-all its questions, ``tgt`` the first), the file that ``decode_seq2seq.py`` and ``s2s_ft.evaluate`` read, and with
+all its questions, ``tgt`` the first), the file that ``decode_seq2seq.py`` and ``s2s_ft.cli.evaluate`` read, and with
 ``--every N --sample S`` also every N-th grouped line to S (a dev sample spread over the articles, for curves
 during training). ``score`` scores the predictions (BLEU-4 as QG papers compute it, METEOR, ROUGE-L, sacreBLEU)
 and, on the same references with the same scorer, two trivial baselines (copy the source sentence; "what is" +
@@ -27,8 +27,9 @@ from typing import Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for s2s_ft
 
 from output_diagnostics import faithfulness, shares_source_word  # noqa: E402  (this folder is on sys.path when run as a script)
-from s2s_ft.data import DataError  # noqa: E402
-from s2s_ft.metrics import read_dev_examples, read_hypotheses, score  # noqa: E402
+
+from s2s_ft.data.reading import DataError  # noqa: E402
+from s2s_ft.evaluation.metrics import read_dev_examples, read_hypotheses, score  # noqa: E402
 from s2s_ft.fileio import write_atomic  # noqa: E402
 
 METRICS = ("bleu", "meteor", "rouge")

@@ -1,17 +1,23 @@
 """s2s_ft: fine-tune pretrained bidirectional Transformers (BERT, RoBERTa, XLM-R, ELECTRA, MiniLM, UniLM) as
 sequence-to-sequence generators with one shared Transformer.
 
-Where things live (README "How the code is laid out"): ``model`` (the only model code), ``methods`` (the fine-tuning
-methods), ``packing`` (pairs -> model inputs), ``checkpoint`` (HF key names per family), ``loss``, ``decoding``
-(cached greedy/beam search), ``training`` (the loop) and ``inference`` (the Python decoding API). The command-line
-tools are ``train``, ``decode``, ``evaluate`` and ``serve`` (``s2s-ft-train``, ``s2s-ft-decode``, ``s2s-ft-eval``,
-``s2s-ft-serve``).
+Where things live (dependencies point down this list, never up):
+
+* ``model/``       the Transformer (the only model code), checkpoints in/out, precision, int8;
+* ``data/``        reading and tokenising, the fine-tuning methods and the shared packing layer, batches;
+* ``decoding/``    cached greedy / beam / sampling search, the Python decoding API, resumable file decoding;
+* ``evaluation/``  metrics, WordNet for METEOR, trivial baselines;
+* ``training/``    objectives (seq2seq, MASS), loss, optimizer, the loop, run directory and restarts;
+* ``serving/``     the HTTP server;
+* ``cli/``         the command-line tools (``s2s-ft-train``, ``s2s-ft-decode``, ``s2s-ft-eval``, ``s2s-ft-serve``).
+
+``errors``, ``fileio`` and ``distributed`` are shared by all of them.
 """
 import re
 
 __version__ = "0.1.0"
 # The oldest torch with every API used here: torch.get_autocast_dtype(device_type) and the device-typed
-# torch.is_autocast_enabled(device_type) (s2s_ft/model.py) arrived in 2.4. setup.py reads this line.
+# torch.is_autocast_enabled(device_type) (s2s_ft/model/transformer.py) arrived in 2.4. setup.py reads this line.
 MIN_TORCH = "2.4"
 
 

@@ -6,7 +6,7 @@ rows ``rank::world`` (padding columns stay: padding is invisible to real tokens)
 its token losses divided by the GLOBAL number of predicted tokens; gradients are summed over ranks once per
 optimizer step (after accumulation), so they equal the single-process gradient of the global micro-batches.
 
-Decoding (``s2s_ft/decode.py``) cuts the length-sorted batches exactly as one process would, decodes batches
+Decoding (``s2s_ft/cli/decode.py``) cuts the length-sorted batches exactly as one process would, decodes batches
 ``rank::world`` on each rank and gathers the rendered lines to rank 0, which writes the output file.
 
 Without ``WORLD_SIZE`` > 1 nothing here does anything.
@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from .packing import PackedBatch
+from s2s_ft.data.packing import PackedBatch
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Errors that the command-line tools report as one line (``cli.run_cli``) instead of a traceback.
 
-``DataError`` (s2s_ft/data.py) and ``CheckpointError`` (s2s_ft/checkpoint.py) live where they are raised.
+``DataError`` (s2s_ft/data/reading.py) and ``CheckpointError`` (s2s_ft/model/checkpoint.py) live where they are raised.
 """
 
 

@@ -17,7 +17,7 @@ bash scripts/setup.sh --with-wordnet
 
 "$PYTHON" examples/wordnet_glosses.py --output_dir "$RUN/data"
 
-MODEL_DIR="$("$PYTHON" -c 'from s2s_ft.minilm import minilm_dir; print(minilm_dir())')"
+MODEL_DIR="$("$PYTHON" -c 'from s2s_ft.model.minilm import minilm_dir; print(minilm_dir())')"
 
 # The recipe for small or head-less checkpoints (README, "Recommended settings"): the fresh MLM head starts as the
 # identity, a high peak learning rate with warmup, token-budget batches, bf16 where the CPU computes it natively.
@@ -52,11 +52,11 @@ echo "== training $STEPS steps ($PRECISION); about 9 minutes on a 2-core CPU wit
 
 echo
 echo "== scores on the dev set (all definitions of each lemma as references) =="
-"$PYTHON" -m s2s_ft.evaluate --hyp "$RUN/dev.pred.txt" --ref "$RUN/data/dev.jsonl" \
+"$PYTHON" -m s2s_ft.cli.evaluate --hyp "$RUN/dev.pred.txt" --ref "$RUN/data/dev.jsonl" \
   --metrics rouge,bleu,meteor --json "$RUN/dev.scores.json"
 echo
 echo "== the bar: the best constant output (a frequent opening of the training definitions), same scorer =="
-"$PYTHON" -m s2s_ft.baselines --train "$RUN/data/train.jsonl" --ref "$RUN/data/dev.jsonl" \
+"$PYTHON" -m s2s_ft.evaluation.baselines --train "$RUN/data/train.jsonl" --ref "$RUN/data/dev.jsonl" \
   --metrics rouge,bleu --json "$RUN/dev.baselines.json"
 "$PYTHON" - "$RUN/dev.pred.txt" <<'PY'
 import sys

@@ -43,4 +43,4 @@ else
   echo "== [4/4] WordNet skipped (pass --with-wordnet to install it) =="
 fi
 
-echo "MiniLM model dir: $("$PYTHON" -c 'from s2s_ft.minilm import minilm_dir; print(minilm_dir())')"
+echo "MiniLM model dir: $("$PYTHON" -c 'from s2s_ft.model.minilm import minilm_dir; print(minilm_dir())')"

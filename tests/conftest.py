@@ -25,10 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # import s2s_ft without installing it
 
-from s2s_ft import checkpoint, train  # noqa: E402
-from s2s_ft.data import load_tokenizer, special_ids  # noqa: E402
-from s2s_ft.model import ModelConfig, UnifiedTransformer
-from s2s_ft.packing import Pair, SpecialIds
+from s2s_ft.cli import train
+from s2s_ft.data.packing import Pair, SpecialIds
+from s2s_ft.data.reading import load_tokenizer, special_ids  # noqa: E402
+from s2s_ft.model import checkpoint
+from s2s_ft.model.transformer import ModelConfig, UnifiedTransformer
 
 
 def load_script(folder: str, name: str):

@@ -11,9 +11,9 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import one_error_line, train_args, trained_checkpoint
-from s2s_ft import decode, evaluate, train
+
+from s2s_ft.cli import decode, evaluate, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOOD = '{"src": "the cat sat", "tgt": "who sat ?"}\n'
@@ -320,7 +320,7 @@ def test_real_scripts_print_no_traceback(tiny_bert, trained, tmp_path):
           str(tmp_path / "p.txt")], f"{bad}:2: malformed JSON"),
         (["decode_seq2seq.py", "--model_path", trained, "--input_file", str(good), "--output_file",
           str(tmp_path / "nodir" / "p.txt")], "does not exist"),
-        (["-m", "s2s_ft.evaluate", "--hyp", str(hyp), "--ref", str(good)], "line counts differ"),
+        (["-m", "s2s_ft.cli.evaluate", "--hyp", str(hyp), "--ref", str(good)], "line counts differ"),
     ]
     for argv, expected in cases:
         result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)

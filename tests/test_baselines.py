@@ -1,4 +1,4 @@
-"""Trivial baselines (s2s_ft.baselines) against hand-computed expectations and rouge-score called directly."""
+"""Trivial baselines (s2s_ft.evaluation.baselines) against hand-computed expectations and rouge-score called directly."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 from rouge_score import rouge_scorer
 
-from s2s_ft import baselines
+from s2s_ft.evaluation import baselines
 
 TRAIN = ["a member of the genus canis", "a member of a group", "a person who works", "a person who sings",
          "the act of running", "a member of the family", "having a quality"]

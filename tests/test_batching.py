@@ -6,12 +6,18 @@ import os
 
 import pytest
 import torch
+from conftest import PAIRS, SPECIAL, train_args
 from safetensors.torch import load_file
 
-from conftest import PAIRS, SPECIAL, train_args
-from s2s_ft import train
-from s2s_ft.batching import TokenBudgetSampler, epoch_batches, packed_length, padding_ratio, random_batches
-from s2s_ft.packing import METHODS, Packer, Pair
+from s2s_ft.cli import train
+from s2s_ft.data.batching import (
+    TokenBudgetSampler,
+    epoch_batches,
+    packed_length,
+    padding_ratio,
+    random_batches,
+)
+from s2s_ft.data.packing import METHODS, Packer, Pair
 
 
 def skewed_lengths(n=3000, seed=0):

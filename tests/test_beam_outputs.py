@@ -18,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # run as a script too (regenerating the fixture)
 from test_decoding import VARIANTS, make, special  # noqa: E402
 
-from s2s_ft.decoding import SearchConfig, Seq2SeqDecoder  # noqa: E402
+from s2s_ft.decoding.search import SearchConfig, Seq2SeqDecoder  # noqa: E402
 
 FIXTURE = os.path.join(HERE, "data", "beam_outputs.json")
 # Sources of unequal lengths, so that the source block is padded and the padding has to stay invisible.

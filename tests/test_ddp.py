@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import WORDS, torchrun, train_args, write_tiny_bert
 from safetensors.torch import load_file
 
-from conftest import WORDS, torchrun, train_args, write_tiny_bert
-from s2s_ft import rundir, train
+from s2s_ft.cli import train
+from s2s_ft.training import rundir
 
 pytestmark = pytest.mark.slow  # torchrun subprocesses
 

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-
 from conftest import assert_cache_matches_recomputation
-from s2s_ft.decoding import SearchConfig, Seq2SeqDecoder, banned_ngram_mask
-from s2s_ft.model import NEVER_VISIBLE, ModelConfig, UnifiedTransformer
-from s2s_ft.packing import SpecialIds
+
+from s2s_ft.data.packing import SpecialIds
+from s2s_ft.decoding.search import SearchConfig, Seq2SeqDecoder, banned_ngram_mask
+from s2s_ft.model.transformer import NEVER_VISIBLE, ModelConfig, UnifiedTransformer
 
 METHODS = ("causal", "masked", "pseudo_masked")
 SOURCES = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16], [17]]
@@ -236,7 +236,7 @@ def test_batched_decoding_equals_one_by_one_and_keeps_order():
 
 
 def test_a_sentence_with_every_candidate_banned_ends_empty_with_a_counted_warning(caplog):
-    from s2s_ft.inference import LoadedDecoder
+    from s2s_ft.decoding.inference import LoadedDecoder
     # Two words, each allowed once (1-gram blocking), and [SEP] forbidden before 5 tokens: step 2 has no candidate.
     model, sp = make(vocab=6, seed=2), special(6)
     decoder = Seq2SeqDecoder(model, sp, "pseudo_masked")

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import launch, random_weights_checkpoint
-from s2s_ft import decode, inference
+
+from s2s_ft.cli import decode
+from s2s_ft.decoding import inference
 
 WORDS = "the a cat dog sat ran on mat big small red blue who what where is was house tree bird fish".split()
 

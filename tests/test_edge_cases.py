@@ -4,15 +4,15 @@ for "src", and the torch minimum is checked at import."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 
 import pytest
 import torch
+from conftest import train_args
 from safetensors.torch import load_file
 
-from conftest import train_args
-from s2s_ft import train
+from s2s_ft.cli import train
 
 
 def weights(out, step):
@@ -38,9 +38,10 @@ def test_max_grad_norm_zero_or_negative_means_no_clipping(tiny_bert, train_file,
 def test_masked_chooses_only_predicted_target_tokens():
     """--fine_tune masked on MASS full-target pairs: the corrupted (labelled) tokens are drawn among the predicted
     ones (the fragment), so every example has a label; without flags the draws are those of plain pairs."""
-    from mass_objective import MassConfig, mass_pairs
     from conftest import SPECIAL
-    from s2s_ft.packing import IGNORE_INDEX, Packer, Pair
+
+    from mass_objective import MassConfig, mass_pairs
+    from s2s_ft.data.packing import IGNORE_INDEX, Packer, Pair
 
     packer = Packer("masked", SPECIAL, target_mask_prob=0.1)
     sentences = [list(range(10, 10 + m)) for m in (2, 5, 9, 14)]
@@ -62,8 +63,8 @@ def test_masked_chooses_only_predicted_target_tokens():
 
 
 def test_masked_mass_full_target_training_has_no_nan_step(tmp_path):
-    from test_mass import WORDS, mass_args
     from conftest import write_tiny_bert
+    from test_mass import WORDS, mass_args
 
     (tmp_path / "model").mkdir()
     model_dir = write_tiny_bert(tmp_path / "model", WORDS, weights=False)
@@ -83,7 +84,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_setup_requires_the_torch_minimum_the_code_checks(monkeypatch):
     import runpy
+
     import setuptools
+
     import s2s_ft
 
     captured = {}
@@ -91,13 +94,13 @@ def test_setup_requires_the_torch_minimum_the_code_checks(monkeypatch):
     monkeypatch.chdir(ROOT)
     runpy.run_path(os.path.join(ROOT, "setup.py"))
     assert f"torch>={s2s_ft.MIN_TORCH}" in captured["install_requires"]
-    # the newest torch APIs the package uses (s2s_ft/model.py) exist in the installed torch
+    # the newest torch APIs the package uses (s2s_ft/model/transformer.py) exist in the installed torch
     assert torch.get_autocast_dtype("cpu") is not None and torch.is_autocast_enabled("cpu") in (True, False)
     # installed, the tools are commands; no generic top-level modules (run_seq2seq.py stays a checkout script)
     assert "py_modules" not in captured
     assert sorted(captured["entry_points"]["console_scripts"]) == [
-        "s2s-ft-decode = s2s_ft.decode:main", "s2s-ft-eval = s2s_ft.evaluate:main",
-        "s2s-ft-serve = s2s_ft.serve:main", "s2s-ft-train = s2s_ft.train:main"]
+        "s2s-ft-decode = s2s_ft.cli.decode:main", "s2s-ft-eval = s2s_ft.cli.evaluate:main",
+        "s2s-ft-serve = s2s_ft.cli.serve:main", "s2s-ft-train = s2s_ft.cli.train:main"]
     # the server's packages are an extra (scripts/setup.sh installs it with the test extra)
     assert {"fastapi", "uvicorn"} <= set(captured["extras_require"]["serve"])
     assert "httpx" in captured["extras_require"]["test"]

@@ -1,5 +1,5 @@
-"""s2s_ft.metrics and s2s_ft.evaluate: metric wrappers against hand-computed values, file reading, the CLI,
-WordNet for nltk (s2s_ft.wordnet).
+"""s2s_ft.evaluation.metrics and s2s_ft.cli.evaluate: metric wrappers against hand-computed values, file reading, the CLI,
+WordNet for nltk (s2s_ft.evaluation.wordnet).
 
 Nothing here needs the network or ../shared/data. METEOR runs on a tiny fake WordNet built here (so the lexnames
 writer and the nltk reader are exercised everywhere); the checks against Debian's real WordNet 3.0 skip cleanly
@@ -20,9 +20,14 @@ pytest.importorskip("rouge_score")
 pytest.importorskip("sacrebleu")
 pytest.importorskip("nltk")
 
-from s2s_ft import evaluate
-from s2s_ft.metrics import score
-from s2s_ft.wordnet import DEFAULT_WORDNET_DIR, LEXNAMES, ensure_wordnet, has_wordnet
+from s2s_ft.cli import evaluate
+from s2s_ft.evaluation.metrics import score
+from s2s_ft.evaluation.wordnet import (
+    DEFAULT_WORDNET_DIR,
+    LEXNAMES,
+    ensure_wordnet,
+    has_wordnet,
+)
 
 REAL_WORDNET = DEFAULT_WORDNET_DIR  # where Debian's wordnet-base installs it, as the library looks for it
 needs_real_wordnet = pytest.mark.skipif(not has_wordnet(REAL_WORDNET),

@@ -3,7 +3,6 @@ and the identity start of hf_bert2bert's fresh LM head (no data, tiny models, no
 import json
 
 import pytest
-
 from conftest import load_script
 
 mc = load_script("experiments", "method_comparison")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from s2s_ft.model import Dropout, attention
+from s2s_ft.model.transformer import Dropout, attention
 
 
 def reference_attention(q, k, v, mask, p, seed):

@@ -6,12 +6,11 @@ import os
 
 import pytest
 import torch
-
-from s2s_ft.loss import seq2seq_loss
-from s2s_ft.model import TransformerLayer
-from s2s_ft.packing import Packer
-
 from conftest import PAIRS, SPECIAL, make_model
+
+from s2s_ft.data.packing import Packer
+from s2s_ft.model.transformer import TransformerLayer
+from s2s_ft.training.loss import seq2seq_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -64,10 +63,10 @@ def test_checkpointing_is_off_in_eval_mode(layer_calls):
 
 # -- the training flags --------------------------------------------------------------------------------------------
 def _trained_weights(tiny_bert, train_file, out, *flags):
+    from conftest import train_args
     from safetensors.torch import load_file
 
-    from conftest import train_args
-    from s2s_ft import train
+    from s2s_ft.cli import train
 
     assert train.main(train_args(tiny_bert, train_file, out, "--num_training_steps", "3", "--save_steps", "3",
                                  *flags)) == 0

@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 import torch
+from conftest import one_error_line, train_args
 from safetensors.torch import load_file
 
-from conftest import one_error_line, train_args
-from s2s_ft import train
-from s2s_ft.model import ModelConfig, UnifiedTransformer
+from s2s_ft.cli import train
+from s2s_ft.model.transformer import ModelConfig, UnifiedTransformer
 
 
 def test_set_dropout_switches_every_dropout_and_keeps_the_config():

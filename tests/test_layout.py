@@ -1,6 +1,8 @@
-"""The code layout rules (README "How the code is laid out"), checked on the source: the library never imports a
-command-line module or a script, mass_objective/ is not imported back by what it imports, no function is longer
-than 80 lines (flag tables excepted), and the console entry points name real functions."""
+"""The code layout rules (docs/layout.md), checked on the source: the subpackages depend on each other one way only
+(model <- data <- decoding <- serving, training; nothing imports the command line), there are no import circles,
+mass_objective/ is not imported back by the library, no library signature takes an argparse Namespace, no function
+is longer than 80 lines (flag tables excepted), the console entry points name real functions, and no committed file
+carries a path of the machine it ran on."""
 from __future__ import annotations
 
 import ast
@@ -12,10 +14,25 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The tools. s2s_ft/cli.py (the flags and error reporting they share) imports only library modules, so the small
-# `python -m` mains of library modules (plotting, minilm) may use it.
-CLI_MODULES = {"s2s_ft.train", "s2s_ft.decode", "s2s_ft.evaluate", "s2s_ft.serve"}
 SCRIPTS = {"run_seq2seq", "decode_seq2seq"}
+# What each part may import besides itself: the architecture, as a table. Shared helpers (errors, fileio,
+# distributed) sit below everything; distributed knows the packed batch it shards.
+LAYERS = {
+    "s2s_ft": set(),  # the package's __init__: the version check only
+    "s2s_ft.errors": set(),
+    "s2s_ft.fileio": set(),
+    "s2s_ft.model": {"s2s_ft.errors", "s2s_ft.fileio"},
+    "s2s_ft.data": {"s2s_ft.errors", "s2s_ft.fileio", "s2s_ft.model"},
+    "s2s_ft.distributed": {"s2s_ft.data"},
+    "s2s_ft.decoding": {"s2s_ft.errors", "s2s_ft.fileio", "s2s_ft.distributed", "s2s_ft.model", "s2s_ft.data"},
+    "s2s_ft.evaluation": {"s2s_ft.errors", "s2s_ft.fileio", "s2s_ft.data"},
+    "s2s_ft.training": {"s2s_ft.errors", "s2s_ft.fileio", "s2s_ft.distributed", "s2s_ft.model", "s2s_ft.data",
+                        "s2s_ft.decoding", "s2s_ft.evaluation"},
+    "s2s_ft.serving": {"s2s_ft.errors", "s2s_ft.fileio", "s2s_ft.model", "s2s_ft.data", "s2s_ft.decoding"},
+    "s2s_ft.cli": {"s2s_ft.errors", "s2s_ft.fileio", "s2s_ft.distributed", "s2s_ft.model", "s2s_ft.data",
+                   "s2s_ft.decoding", "s2s_ft.evaluation", "s2s_ft.training", "s2s_ft.serving"},
+    "mass_objective": {"s2s_ft.training"},
+}
 MAX_FUNCTION_LINES = 80
 FLAG_TABLES = {"build_parser"}  # one add_argument call per flag: a table, however long
 
@@ -51,26 +68,68 @@ def imports(module: str, path: str) -> set[str]:
 
 
 ALL = {**modules("s2s_ft"), **modules("mass_objective")}
-LIBRARY = {name: path for name, path in ALL.items() if name not in CLI_MODULES}
 
 
-@pytest.mark.parametrize("module", sorted(LIBRARY))
-def test_the_library_imports_no_tool_and_no_script(module):
-    imported = imports(module, LIBRARY[module])
-    assert not imported & (CLI_MODULES | SCRIPTS), sorted(imported & (CLI_MODULES | SCRIPTS))
+def part(module: str) -> str:
+    """The LAYERS entry ``module`` belongs to."""
+    return max((name for name in LAYERS if module == name or module.startswith(name + ".")), key=len)
 
 
-def test_mass_objective_is_not_imported_back_by_what_it_imports():
-    seen, todo = set(), [name for name in ALL if name.startswith("mass_objective")]
-    while todo:  # everything mass_objective imports, transitively, within this repository
-        name = todo.pop()
-        for target in imports(name, ALL[name]):
-            if target in ALL and target not in seen and not target.startswith("mass_objective"):
-                seen.add(target)
-                todo.append(target)
-    assert "s2s_ft.packing" in seen  # the check looks where it should
-    for name in seen:
-        assert not any(t.startswith("mass_objective") for t in imports(name, ALL[name])), name
+def internal_imports(module: str) -> set[str]:
+    """The repository's modules that ``module`` imports (names resolved to modules, not to their attributes)."""
+    found = set()
+    for name in imports(module, ALL[module]):
+        while name and name not in ALL:
+            name = name.rpartition(".")[0]
+        if name and name != module and name not in ("s2s_ft",):
+            found.add(name)
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(name for name in ALL if name != "s2s_ft"))
+def test_each_part_imports_only_the_parts_below_it(module):
+    own = part(module)
+    wrong = {name for name in internal_imports(module) if part(name) != own and part(name) not in LAYERS[own]}
+    assert not wrong, f"{module} ({own}) imports {sorted(wrong)}"
+    assert not imports(module, ALL[module]) & SCRIPTS
+
+
+def test_there_are_no_import_circles():
+    graph = {name: internal_imports(name) - {name} for name in ALL}
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(graph[name]):
+            if state.get(target) == 1:
+                raise AssertionError(" -> ".join(path[path.index(target):] + [target]) if target in path
+                                     else f"{name} -> {target}")
+            if target not in state:
+                visit(target, path + [target])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_the_library_never_imports_mass_objective_back():
+    assert not [name for name in ALL if not name.startswith("mass_objective")
+                and any(t.startswith("mass_objective") for t in internal_imports(name))]
+
+
+def test_no_library_signature_takes_an_argparse_namespace():
+    """Flags are turned into typed values at the edge (s2s_ft/cli/); the library takes those."""
+    offenders = []
+    for name, path in sorted(ALL.items()):
+        if part(name) == "s2s_ft.cli":
+            continue
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                annotations = [a.annotation for a in node.args.args + node.args.kwonlyargs if a.annotation]
+                if any("Namespace" in ast.unparse(a) for a in annotations + [node.returns] if a is not None):
+                    offenders.append(f"{name}.{node.name}")
+    assert not offenders, offenders
 
 
 def test_no_function_is_longer_than_80_lines():
@@ -94,14 +153,15 @@ def test_console_entry_points_name_the_tools_main_functions():
 
     points = entry_points()
     assert set(points) == {"s2s-ft-train", "s2s-ft-decode", "s2s-ft-eval", "s2s-ft-serve"}
+    assert all(target.startswith("s2s_ft.cli.") for target in points.values()), points
     for target in points.values():
         module, _, function = target.partition(":")
         assert callable(getattr(importlib.import_module(module), function)), target
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [["-m", "s2s_ft.train"], ["-m", "s2s_ft.decode"], ["-m", "s2s_ft.evaluate"],
-                                     ["-m", "s2s_ft.serve"], ["run_seq2seq.py"], ["decode_seq2seq.py"]])
+@pytest.mark.parametrize("command", [["-m", "s2s_ft.cli.train"], ["-m", "s2s_ft.cli.decode"], ["-m", "s2s_ft.cli.evaluate"],
+                                     ["-m", "s2s_ft.cli.serve"], ["run_seq2seq.py"], ["decode_seq2seq.py"]])
 def test_every_tool_runs_as_a_module_and_as_a_script(command):
     result = subprocess.run([sys.executable, *command, "--help"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)
@@ -109,7 +169,7 @@ def test_every_tool_runs_as_a_module_and_as_a_script(command):
 
 
 def test_the_same_thing_has_the_same_flag_name_in_every_tool():
-    from s2s_ft import decode, evaluate, serve, train
+    from s2s_ft.cli import decode, evaluate, serve, train
 
     def spellings(parser) -> dict[str, set[str]]:
         """Every flag spelling per destination."""
@@ -130,7 +190,7 @@ def test_the_same_thing_has_the_same_flag_name_in_every_tool():
     assert train.build_parser().get_default("precision") is decode.build_parser().get_default("precision") is None
     assert "--no_cuda" in decode_flags["device"] and "--no_cuda" in train_flags["no_cuda"]
     # the server's defaults for its requests are decode's search flags, spelled and defaulting alike
-    from s2s_ft.cli import SEARCH_FLAGS
+    from s2s_ft.cli.common import SEARCH_FLAGS
     for name in SEARCH_FLAGS:
         assert serve_flags[name] == decode_flags[name], name
         assert serve.build_parser().get_default(name) == decode.build_parser().get_default(name), name

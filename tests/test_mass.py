@@ -8,17 +8,23 @@ import os
 
 import pytest
 import torch
+from conftest import SPECIAL, write_tiny_bert
 from safetensors.torch import load_file
 
-from mass_objective import (MassConfig, fragment_length, mass_pair, mass_pairs, parse_mask_keep_rand,
-                            read_sentences, split_chunks)
-from conftest import write_tiny_bert
-from s2s_ft import checkpoint, train
-from s2s_ft.data import DataError
-from s2s_ft.model import attention_allowed
-from s2s_ft.packing import IGNORE_INDEX, Packer
-
-from conftest import SPECIAL
+from mass_objective import (
+    MassConfig,
+    fragment_length,
+    mass_pair,
+    mass_pairs,
+    parse_mask_keep_rand,
+    read_sentences,
+    split_chunks,
+)
+from s2s_ft.cli import train
+from s2s_ft.data.packing import IGNORE_INDEX, Packer
+from s2s_ft.data.reading import DataError
+from s2s_ft.model import checkpoint
+from s2s_ft.model.transformer import attention_allowed
 
 CLS, SEP, MASK, PAD = SPECIAL.cls, SPECIAL.sep, SPECIAL.mask, SPECIAL.pad
 V = SPECIAL.vocab_size
@@ -218,7 +224,7 @@ def test_full_length_target_feeds_masks_and_predicts_only_the_fragment(method):
 
 
 def test_closing_token_is_still_appended_by_default():
-    from s2s_ft.packing import Pair
+    from s2s_ft.data.packing import Pair
 
     pair = Pair([10], [20, 21])
     assert pair.close_target and pair.num_target_tokens == 3

@@ -1,14 +1,20 @@
-"""The fine-tuning method objects (s2s_ft/methods.py): the packer, the decoder and the batcher ask the method; a new
+"""The fine-tuning method objects (s2s_ft/data/methods.py): the packer, the decoder and the batcher ask the method; a new
 method is one new object, with no change anywhere else."""
 from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import PAIRS, SPECIAL, make_model
-from s2s_ft.decoding import SearchConfig, Seq2SeqDecoder
-from s2s_ft.methods import METHODS, FineTuningMethod, Masked, get_method, real_target_ranks
-from s2s_ft.packing import IGNORE_INDEX, Packer, packed_length
+
+from s2s_ft.data.methods import (
+    METHODS,
+    FineTuningMethod,
+    Masked,
+    get_method,
+    real_target_ranks,
+)
+from s2s_ft.data.packing import IGNORE_INDEX, Packer, packed_length
+from s2s_ft.decoding.search import SearchConfig, Seq2SeqDecoder
 
 
 class MaskedAll(Masked):

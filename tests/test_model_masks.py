@@ -6,13 +6,33 @@ import math
 
 import pytest
 import torch
+from conftest import (
+    PAIRS,
+    SPECIAL,
+    allowed_matrix,
+    closure,
+    make_model,
+    roles_of,
+    t5_bucket,
+)
 
-from s2s_ft.loss import seq2seq_loss
-from s2s_ft.model import (NEVER_VISIBLE, KVCache, ModelConfig, UnifiedTransformer, attention_allowed,
-                          relative_position_bucket)
-from s2s_ft.packing import IGNORE_INDEX, METHODS, Packer, Pair, SpecialIds, decoding_prefix
-
-from conftest import PAIRS, SPECIAL, allowed_matrix, closure, make_model, roles_of, t5_bucket
+from s2s_ft.data.packing import (
+    IGNORE_INDEX,
+    METHODS,
+    Packer,
+    Pair,
+    SpecialIds,
+    decoding_prefix,
+)
+from s2s_ft.model.transformer import (
+    NEVER_VISIBLE,
+    KVCache,
+    ModelConfig,
+    UnifiedTransformer,
+    attention_allowed,
+    relative_position_bucket,
+)
+from s2s_ft.training.loss import seq2seq_loss
 
 CLS, SEP, MASK, PAD = SPECIAL.cls, SPECIAL.sep, SPECIAL.mask, SPECIAL.pad
 TOL = 1e-5

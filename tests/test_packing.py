@@ -5,11 +5,17 @@ import collections
 
 import pytest
 import torch
-
-from s2s_ft.model import NEVER_VISIBLE, attention_allowed
-from s2s_ft.packing import IGNORE_INDEX, METHODS, Packer, Pair, SpecialIds, decoding_prefix
-
 from conftest import PAIRS, SPECIAL, allowed_matrix, roles_of
+
+from s2s_ft.data.packing import (
+    IGNORE_INDEX,
+    METHODS,
+    Packer,
+    Pair,
+    SpecialIds,
+    decoding_prefix,
+)
+from s2s_ft.model.transformer import NEVER_VISIBLE, attention_allowed
 
 CLS, SEP, MASK, PAD = SPECIAL.cls, SPECIAL.sep, SPECIAL.mask, SPECIAL.pad
 pytestmark = pytest.mark.usefixtures("single_thread")

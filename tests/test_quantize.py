@@ -1,4 +1,4 @@
-"""--quantize int8 (s2s_ft/quantize.py), against an independent reference: the same quantised weights dequantised
+"""--quantize int8 (s2s_ft/model/quantize.py), against an independent reference: the same quantised weights dequantised
 and the inputs quantised-then-dequantised by the documented rule (per-tensor uint8, zero point in range), computed
 in fp32. The int8 kernel must match it to fp32 rounding; fp32 itself is two to four orders of magnitude further
 away (the quantisation error), so a broken quantiser cannot pass."""
@@ -15,13 +15,14 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from conftest import ROOT, one_error_line, train_args, trained_checkpoint
+from conftest import ROOT, one_error_line, trained_checkpoint
 from test_decoding import SOURCES, VARIANTS, make, reference_log_probs, special
-from s2s_ft import decode, inference, train
-from s2s_ft.decoding import SearchConfig, Seq2SeqDecoder
+
+from s2s_ft.cli import decode
+from s2s_ft.decoding import inference
+from s2s_ft.decoding.search import SearchConfig, Seq2SeqDecoder
 from s2s_ft.errors import UsageError
-from s2s_ft.quantize import Int8Linear, activation_reduce_range, check_quantize, quantize_int8
+from s2s_ft.model.quantize import Int8Linear, check_quantize, quantize_int8
 
 
 # -- the independent reference ----------------------------------------------------------------------------------
@@ -162,7 +163,7 @@ def test_an_int8_model_is_never_trained():
 def test_without_vnni_inputs_are_quantised_to_7_bits():
     """fbgemm's AVX2 kernel saturates int16 pair sums: the probe must choose reduce_range there, and the layer
     must then match the 7-bit reference (FBGEMM_ENABLE_INSTRUCTIONS makes fbgemm use AVX2 on any x86 CPU)."""
-    code = ("import torch; from s2s_ft.quantize import Int8Linear, activation_reduce_range as r; "
+    code = ("import torch; from s2s_ft.model.quantize import Int8Linear, activation_reduce_range as r; "
             "from test_quantize import LayerCheck; torch.manual_seed(0); w, x = torch.rand(8, 64), "
             "torch.rand(4, 64) + 1; x[:, 0] = -0.01; layer = Int8Linear(w).eval(); check = LayerCheck(layer); "
             "layer(x); print(layer.reduce_range, r(), check.worst)")

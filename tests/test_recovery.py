@@ -7,10 +7,13 @@ import os
 
 import pytest
 import torch
+from conftest import train_args, trained_checkpoint
 from safetensors.torch import load_file
 
-from conftest import train_args, trained_checkpoint
-from s2s_ft import decode, inference, rundir, train, training
+from s2s_ft.cli import decode, train
+from s2s_ft.decoding import inference
+from s2s_ft.training import loop as training
+from s2s_ft.training import rundir
 
 
 def nan_loss_on(monkeypatch, bad_calls):

@@ -9,11 +9,13 @@ import shutil
 
 import pytest
 import torch
+from conftest import one_error_line, train_args
 from safetensors.torch import load_file
 
-from conftest import one_error_line, train_args
-from s2s_ft import checkpoint, rundir, train
-from s2s_ft.data import load_tokenizer
+from s2s_ft.cli import train
+from s2s_ft.data.reading import load_tokenizer
+from s2s_ft.model import checkpoint
+from s2s_ft.training import rundir
 
 
 # ------------------------------------------------------------------------------------- what a restart compares

@@ -5,13 +5,20 @@ import json
 
 import pytest
 import torch
-
 from conftest import one_error_line, train_args
-from test_decoding import SOURCES, has_repeated_ngram, make, reference_log_probs, special
-from s2s_ft import decode, inference, train
-from s2s_ft.decoding import SearchConfig, Seq2SeqDecoder
+from test_decoding import (
+    SOURCES,
+    has_repeated_ngram,
+    make,
+    reference_log_probs,
+    special,
+)
+
+from s2s_ft.cli import decode, train
+from s2s_ft.decoding import inference
+from s2s_ft.decoding.inference import LoadedDecoder
+from s2s_ft.decoding.search import SearchConfig, Seq2SeqDecoder
 from s2s_ft.errors import UsageError
-from s2s_ft.inference import LoadedDecoder
 
 
 def sample_config(**overrides):

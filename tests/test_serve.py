@@ -1,4 +1,4 @@
-"""s2s-ft-serve (s2s_ft/serve.py) through FastAPI's TestClient, against a tiny random checkpoint: answers equal the
+"""s2s-ft-serve (s2s_ft/serving/server.py) through FastAPI's TestClient, against a tiny random checkpoint: answers equal the
 Python API's decoding of each source alone, bad requests get a 4xx with one line, a decoding exception a 500 for its
 request only, and concurrent requests are decoded together (by settings) with each its own answer."""
 from __future__ import annotations
@@ -12,11 +12,12 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
+from conftest import random_weights_checkpoint  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import random_weights_checkpoint  # noqa: E402
-from s2s_ft import serve  # noqa: E402
-from s2s_ft.inference import load_decoder  # noqa: E402
+from s2s_ft.cli import serve as serve_cli  # noqa: E402
+from s2s_ft.decoding.inference import load_decoder  # noqa: E402
+from s2s_ft.serving import server as serve  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -40,9 +41,9 @@ def loaded(checkpoint_dir):
 
 def client_for(loaded, *flags, window_ms: float = 1.0, max_batch_size: int = 32) -> TestClient:
     """A TestClient of the app that ``s2s-ft-serve --model_path ... FLAGS`` builds, around the loaded model."""
-    parser = serve.build_parser()
+    parser = serve_cli.build_parser()
     args = parser.parse_args(["--model_path", "ckpt", "--max_batch_size", str(max_batch_size), *flags])
-    server = serve.Server(loaded, args, serve.option_types(parser))
+    server = serve_cli.server_from_args(loaded, args, parser)
     return TestClient(serve.build_app(server, window_ms / 1000))
 
 
@@ -228,10 +229,10 @@ def test_bad_server_flags_stop_with_one_line(checkpoint_dir, tmp_path, capsys):
                             (["--max_kv_cache_mb", "0"], "--max_kv_cache_mb must be > 0"),
                             (["--quantize", "int8", "--precision", "bf16"], "--quantize int8 takes fp32"),
                             (["--model_path", str(tmp_path / "missing")], "checkpoint directory not found")):
-        assert serve.main(["--model_path", str(tmp_path), *flags]) == 2
+        assert serve_cli.main(["--model_path", str(tmp_path), *flags]) == 2
         assert expected in one_error_line(capsys)
     # Checked against the checkpoint, once it is loaded.
-    assert serve.main(["--model_path", checkpoint_dir, "--max_target_tokens", "8", "--max_tgt_length", "9"]) == 2
+    assert serve_cli.main(["--model_path", checkpoint_dir, "--max_target_tokens", "8", "--max_tgt_length", "9"]) == 2
     assert "max_tgt_length 9 exceeds the server's limit of 8" in one_error_line(capsys)
 
 
@@ -239,7 +240,7 @@ def test_without_the_serve_extra_the_server_says_how_to_install_it(tmp_path, cap
     from conftest import one_error_line
 
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn raises ImportError
-    assert serve.main(["--model_path", str(tmp_path)]) == 2
+    assert serve_cli.main(["--model_path", str(tmp_path)]) == 2
     assert "pip install -e '.[serve]'" in one_error_line(capsys)
 
 

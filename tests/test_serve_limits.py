@@ -21,13 +21,14 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 pytest.importorskip("prometheus_client")
+from conftest import load_script, random_weights_checkpoint  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from conftest import load_script, random_weights_checkpoint  # noqa: E402
-from s2s_ft import serve  # noqa: E402
-from s2s_ft.decoding import DecodingStopped, SearchConfig  # noqa: E402
-from s2s_ft.inference import load_decoder  # noqa: E402
+from s2s_ft.cli import serve as serve_cli  # noqa: E402
+from s2s_ft.decoding.inference import load_decoder  # noqa: E402
+from s2s_ft.decoding.search import DecodingStopped, SearchConfig  # noqa: E402
+from s2s_ft.serving import server as serve  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -46,9 +47,9 @@ def loaded(checkpoint_dir):
 
 
 def app_for(loaded, *flags, window_ms: float = 1.0, test_hooks: bool = False):
-    parser = serve.build_parser()
+    parser = serve_cli.build_parser()
     args = parser.parse_args(["--model_path", "ckpt", *flags])
-    return serve.build_app(serve.Server(loaded, args, serve.option_types(parser)), window_ms / 1000, test_hooks)
+    return serve.build_app(serve_cli.server_from_args(loaded, args, parser), window_ms / 1000, test_hooks)
 
 
 class Held:
@@ -82,7 +83,7 @@ def wait_until(condition, timeout: float = 10.0) -> None:
 def test_cache_estimate_is_what_the_decoder_allocates(loaded, monkeypatch):
     """The admission estimate against the tensors the decoder really builds: twice the first cache (beam search:
     one row per sentence), twice m times it for sampling (the rows are spread to the samples)."""
-    from s2s_ft import decoding
+    from s2s_ft.decoding import search as decoding
 
     made = []
 
@@ -143,7 +144,8 @@ def test_a_batch_over_the_cache_budget_is_decoded_in_smaller_batches(loaded, mon
     expected = loaded.decode_texts(sources, beam_size=3)
     held = Held(loaded, monkeypatch)
     held.gate.set()
-    server = serve.Server(loaded, serve.build_parser().parse_args(["--model_path", "x"]), {})
+    parser = serve_cli.build_parser()
+    server = serve_cli.server_from_args(loaded, parser.parse_args(["--model_path", "x"]), parser)
     per_source = server.cache_bytes(loaded.max_source_length - 2, SearchConfig(beam_size=3, max_tgt_length=8))
     budget_mb = 2.5 * per_source / serve.MB  # two of the longest sources fit, three do not
     with TestClient(app_for(loaded, "--max_kv_cache_mb", str(budget_mb))) as client:
@@ -302,7 +304,7 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(checkp
     port = free_port()
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "s2s_ft.serve", "--model_path", checkpoint_dir,
+        process = subprocess.Popen([sys.executable, "-m", "s2s_ft.cli.serve", "--model_path", checkpoint_dir,
                                     "--port", str(port), "--batch_window_ms", "300", "--log_level", "INFO"],
                                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     outcomes, stop = [], threading.Event()  # (when the request was sent, what came back)

@@ -1,7 +1,7 @@
 """Evaluation during training (--eval_file): eval_log.jsonl at the right steps, best/ = the best-scoring model (an
 ordinary checkpoint the decoder loads, kept through --save_total_limit and resume), training untouched by
 evaluation (bit-identical weights), start-up errors for bad dev files, and the training-curve PNG
-(s2s_ft/plotting.py) with and without matplotlib."""
+(s2s_ft/training/plotting.py) with and without matplotlib."""
 from __future__ import annotations
 
 import json
@@ -11,10 +11,13 @@ import sys
 
 import pytest
 import torch
+from conftest import WORDS, torchrun, train_args, write_tiny_bert
 from safetensors.torch import load_file
 
-from conftest import WORDS, torchrun, train_args, write_tiny_bert
-from s2s_ft import dev_eval, inference, plotting, rundir, train
+from s2s_ft.cli import plot as plot_cli
+from s2s_ft.cli import train
+from s2s_ft.decoding import inference
+from s2s_ft.training import dev_eval, plotting, rundir
 
 pytest.importorskip("rouge_score")
 pytest.importorskip("sacrebleu")
@@ -197,10 +200,10 @@ def test_eval_metric_family_is_always_computed(tiny_bert, train_file, dev_file, 
 
 def test_plot_command_regenerates_the_png(evaluated_run, tmp_path, capsys):
     target = tmp_path / "again.png"
-    assert plotting.main([str(evaluated_run), "--out", str(target)]) == 0
+    assert plot_cli.main([str(evaluated_run), "--out", str(target)]) == 0
     assert is_png(target)
     (tmp_path / "empty").mkdir()
-    assert plotting.main([str(tmp_path / "empty")]) == 2
+    assert plot_cli.main([str(tmp_path / "empty")]) == 2
     assert "no train_log.jsonl or eval_log.jsonl records" in capsys.readouterr().err
 
 
@@ -213,7 +216,7 @@ def test_without_matplotlib_training_warns_once_and_succeeds(tiny_bert, train_fi
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "matplotlib" in r.getMessage()]
     assert len(warnings) == 1 and not os.path.exists(out / plotting.PLOT_NAME)
     assert os.path.isdir(out / "ckpt-2")
-    assert plotting.main([str(out)]) == 2
+    assert plot_cli.main([str(out)]) == 2
     assert "plotting needs matplotlib" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""The decoding-time vocabulary projection (s2s_ft.model.vocabulary_logits) against F.linear, on both of its CPU
+"""The decoding-time vocabulary projection (s2s_ft.model.transformer.vocabulary_logits) against F.linear, on both of its CPU
 layouts (transposed product for a few rows, vocabulary panels for more) and the paths that keep F.linear."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from s2s_ft import model as model_module
-from s2s_ft.model import vocabulary_logits
+from s2s_ft.model import transformer as model_module
+from s2s_ft.model.transformer import vocabulary_logits
 
 
 @pytest.mark.parametrize("shape", [(1, 48), (5, 48), (16, 48), (17, 48), (3, 30, 48)],

@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-
 from conftest import load_script
 
 wg = load_script("examples", "wordnet_glosses")

@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 run() { name=$1; shift
   [ -f $OUT/$name.txt ] || python decode_seq2seq.py --model_path $CKPT --input_file ../shared/data/scitldr/dev.jsonl --output_file $OUT/$name.txt \
      --precision bf16 --batch_size 32 --max_tgt_length 48 --detokenize text --beam_size 5 "$@" 2>/dev/null
-  python -m s2s_ft.evaluate --hyp $OUT/$name.txt --ref ../shared/data/scitldr/dev.jsonl --metrics rouge --json $OUT/$name.json >/dev/null 2>&1
+  python -m s2s_ft.cli.evaluate --hyp $OUT/$name.txt --ref ../shared/data/scitldr/dev.jsonl --metrics rouge --json $OUT/$name.json >/dev/null 2>&1
   python -c "import json,sys; s=json.load(open('$OUT/$name.json')); h=open('$OUT/$name.txt').read().splitlines(); print('$name', round(s['rouge1'],2), round(s['rouge2'],2), round(s['rougeL'],2), 'distinct', round(len(set(h))/len(h),3), 'words', round(sum(len(x.split()) for x in h)/len(h),1))"
 }
 run a_lp0_min10_ng3 --length_penalty 0 --min_len 10 --forbid_duplicate_ngrams --ngram_size 3
