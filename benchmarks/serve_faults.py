@@ -4,7 +4,8 @@ runs each scenario for a fixed count or time, stops by itself and prints one tab
     python benchmarks/serve_faults.py --model_path out/ckpt-2800 --data ../shared/data/squad_qg_du/dev.jsonl \\
         [--seconds 20] [--json report.json]
 
-Scenarios (the server: ``--max_batch_size 8 --max_queue 32``, fp32 greedy, the checkpoint's target length):
+Scenarios (the server: ``--max_batch_size 2 --max_queue 8``, fp32 greedy, the checkpoint's target length; the 2 MB
+body and SIGTERM servers hold 32 sources in their queue and 8 in a batch):
 1. overload: 20 clients loop single-source requests for ``--seconds`` (10x what one batch holds, the queue 4x a
    batch): every status is 200 / 429 / 503, rejections are answered at once, every 200 equals ``s2s-ft-decode``'s
    line for its source, and the server's peak resident memory is read from /proc;
@@ -33,8 +34,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # serve_load, beside this file
 from serve_load import HOST, ROOT, free_port, percentile, read_sources, wait_for_health
 
-SERVER_FLAGS = ["--max_batch_size", "8", "--max_queue", "32", "--max_sources_per_request", "32",
+SERVER_FLAGS = ["--max_batch_size", "2", "--max_queue", "8", "--max_sources_per_request", "8",
                 "--batch_window_ms", "5"]
+
+WIDE = ["--max_batch_size", "8", "--max_queue", "32", "--max_sources_per_request", "32"]  # later flags win
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,6 +313,7 @@ def checks(report: dict) -> list[str]:
     rules = [
         (o["other"] == 0, "overload: only 200 / 429 / 503"),
         (o["wrong_answers"] == 0, "overload: every 200 equals s2s-ft-decode's line"),
+        (o["429"] + o["503"] > 0, "overload: the server was overloaded (some requests refused)"),
         (o["rejection_p99_ms"] is not None and o["rejection_p99_ms"] < 50, "overload: rejections p99 < 50 ms"),
         (o["health_p99_ms"] is not None and o["health_p99_ms"] < 100, "saturated: /health p99 < 100 ms"),
         (b["health_p99_ms"] is not None and b["health_p99_ms"] < 100, "2 MB body: /health p99 < 100 ms"),
@@ -340,7 +344,7 @@ def main(argv=None) -> int:
         report["sampling"] = sampling(server, sources[0])
     finally:
         server.stop()
-    server = Server(args.model_path, [*SERVER_FLAGS, "--max_body_bytes", str(4 * 2**20), "--max_source_chars",
+    server = Server(args.model_path, [*SERVER_FLAGS, *WIDE, "--max_body_bytes", str(4 * 2**20), "--max_source_chars",
                                       "70000", "--too_long", "truncate", "--test_hooks"],
                     os.path.join(work, "server_big.log"))
     try:
@@ -348,7 +352,7 @@ def main(argv=None) -> int:
         report["kill_decoder"] = kill_decoder(server, sources[0])
     finally:
         server.stop()
-    server = Server(args.model_path, [*SERVER_FLAGS, "--batch_window_ms", "100"],
+    server = Server(args.model_path, [*SERVER_FLAGS, *WIDE, "--batch_window_ms", "100"],
                     os.path.join(work, "server_sigterm.log"))
     try:
         report["sigterm"] = sigterm(server, sources)

@@ -5,11 +5,12 @@ bf16 where the CPU has it, ``--copy_mechanism``) for ``--steps`` steps in a subp
 parent samples the child's resident set (VmRSS) every ``--interval`` seconds and reads its step times from
 train_log.jsonl. Variants (environment of the child):
 
-* ``trim``: the project's default (``malloc_trim`` every 10 steps, s2s_ft/training/memory.py);
+* ``trim``: the project's default (``malloc_trim`` after a step when the resident set grew by more than a margin
+  since the last trim, s2s_ft/training/memory.py);
 * ``default``: glibc as it comes (``S2S_FT_TRIM_EVERY=0``);
 * ``mmap1m``: a fixed 1 MB mmap threshold (``MALLOC_MMAP_THRESHOLD_``), large blocks always unmapped on free;
 * ``arena2``: at most two malloc arenas (``MALLOC_ARENA_MAX``);
-* ``trim1``: ``malloc_trim`` after every optimizer step;
+* ``trim1`` / ``trim10``: ``malloc_trim`` after every optimizer step / every 10th;
 * ``mmap1m_thp``: the fixed 1 MB threshold with glibc's transparent-huge-page tunable (``glibc.malloc.hugetlb=1``:
   mapped blocks are advised as huge pages, so faulting them in anew costs 512x fewer faults).
 
@@ -36,6 +37,7 @@ VARIANTS = {
     "mmap1m": {"S2S_FT_TRIM_EVERY": "0", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)},
     "arena2": {"S2S_FT_TRIM_EVERY": "0", "MALLOC_ARENA_MAX": "2"},
     "trim1": {"S2S_FT_TRIM_EVERY": "1"},
+    "trim10": {"S2S_FT_TRIM_EVERY": "10"},
     "mmap1m_thp": {"S2S_FT_TRIM_EVERY": "0", "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
                    "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
 }

@@ -239,14 +239,42 @@ def test_python_api_and_int8_decode_a_copy_checkpoint_without_flags(tmp_path):
 
 
 def test_training_trims_the_heap_every_period(tiny_bert, train_file, tmp_path, monkeypatch):
-    from s2s_ft.training import loop as training
     from s2s_ft.training import memory
     calls = []
-    monkeypatch.setattr(training, "trim_period", lambda: 2)
-    monkeypatch.setattr(training, "release_free_memory", lambda: calls.append(1) or True)
+    monkeypatch.setenv("S2S_FT_TRIM_EVERY", "2")
+    monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append(1) or True)
     assert train.main(train_args(tiny_bert, train_file, tmp_path / "run", "--num_training_steps", "5",
                                  "--save_steps", "5")) == 0
-    assert len(calls) == 2  # after steps 2 and 4
+    if memory._glibc() is not None:
+        assert len(calls) == 2  # after steps 2 and 4
     import platform
     # glibc systems (the Linux CI) really trim; elsewhere the call is a no-op that says so
     assert memory.release_free_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_heap_trim_is_triggered_by_growth_of_the_resident_set(monkeypatch):
+    from s2s_ft.training import memory
+    if memory._glibc() is None:
+        return
+    resident = [1000.0]
+    calls = []
+    monkeypatch.delenv("S2S_FT_TRIM_EVERY", raising=False)
+    monkeypatch.setattr(memory, "resident_mb", lambda: resident[0])
+
+    def release():  # what the trim hands back
+        calls.append(resident[0])
+        resident[0] = 1050.0
+        return True
+    monkeypatch.setattr(memory, "release_free_memory", release)
+    trimmer = memory.HeapTrimmer(margin_mb=256)
+    trims = []
+    for step, mb in enumerate([1100, 1250, 1257, 1900, 1200, 1300, 1457], start=1):
+        resident[0] = mb
+        trims.append(trimmer.after_step(step))
+    # 1257 > 1000 + 256; 1900 > 1050 + 256; 1300 is within 1050 + 256, 1457 is not
+    assert trims == [False, False, True, True, False, False, True]
+    assert calls == [1257, 1900, 1457] and trimmer.trims == 3 and trimmer.floor_mb == 1050.0
+    assert memory.resident_mb() == 1050.0
+    monkeypatch.undo()
+    assert memory.resident_mb() > 10  # the real /proc reading of this process
+    assert not memory.HeapTrimmer(every=0).after_step(1)

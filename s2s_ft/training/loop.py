@@ -40,7 +40,7 @@ from s2s_ft.training import rundir
 from s2s_ft.training.config import TrainingConfig
 from s2s_ft.training.dev_eval import DevEvaluator
 from s2s_ft.training.loss import seq2seq_loss
-from s2s_ft.training.memory import release_free_memory, trim_period
+from s2s_ft.training.memory import HeapTrimmer
 from s2s_ft.training.objectives import (
     TrainingData,
     checkpoint_settings,
@@ -213,15 +213,14 @@ def train(config: TrainingConfig, world: World) -> str:
     progress = tqdm(total=config.num_training_steps, initial=run.step, desc="train",
                     disable=None if world.is_main else True)
     window = LogWindow()
-    trim_every = trim_period()
+    trimmer = HeapTrimmer()
     while run.step < config.num_training_steps:
         run.model.set_dropout(run.step >= config.dropout_from_step)  # a function of the step: resumes exactly
         grad_norm, bad_loss, bad, epoch = train_step(run, window)
         run.step += 1
         progress.update(1)
         rundir.hook_delay(rundir.STEP_DELAY_ENV)
-        if trim_every and run.step % trim_every == 0:  # resident memory back to what is live (memory.py: why)
-            release_free_memory()
+        trimmer.after_step(run.step)  # resident memory back near what is live when it grew (memory.py: why)
         count_bad_step(run, bad, bad_loss, window)
         if run.step % config.logging_steps == 0 or run.step == config.num_training_steps:
             record = window.record(run.step, epoch, run.scheduler.get_last_lr()[0], float(grad_norm))

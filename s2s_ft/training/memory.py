@@ -7,15 +7,18 @@ activations therefore come from the heap, where freed blocks of ever-changing si
 Measured on the SQuAD-QG recipe with the copy mechanism (2-core Zen 4, bf16; experiments/results/train_memory/):
 the process held 3.06 GB at step 110 and grew ~15 MB a step (the issue that reported it saw 10.8 GB at step 2,000).
 
-What is done about it, and what was tried:
-* every ``TRIM_EVERY`` optimizer steps, ``malloc_trim(0)`` hands the heap's free pages back to the system: over the
-  first 90 steps the resident set fell back to 1.2-2.5 GB at each trim, at no measured cost in step time. It does not
-  bound the whole run: the recipe still peaked at 5.6 GB late in training (experiments/results/squad_qg_du_copy/),
-  so something beyond freed heap pages grows too (not found yet);
+What is done about it, and what was tried (experiments/results/train_memory/):
+* ``malloc_trim(0)`` hands the heap's free pages back to the system. Every 10 steps was not enough: between two trims
+  the freed-but-resident pages piled up again and the 2,800-step recipe peaked at 5.6 GB. After every step it bounds
+  the process (1.9 GB peak over 150 steps) but costs time: each trim is a walk of the heap, and the pages it hands
+  back are faulted in again by the next step. So the trim is *triggered by growth*: after each optimizer step the
+  resident set is read from /proc (microseconds), and the heap is trimmed only when it has grown by more than
+  ``TRIM_MARGIN_MB`` since the last trim. The resident set stays within about that margin of what a step needs;
 * a fixed 1 MB mmap threshold (``mallopt(M_MMAP_THRESHOLD)``; large blocks always mapped and unmapped) slowed the
   growth too (2.0 GB at step 110) but made steps ~10 % slower: every step faults its large activations in anew;
 * fewer arenas (``M_ARENA_MAX`` 2) alone changed little (2.45 GB at step 60 against 2.72).
-``S2S_FT_TRIM_EVERY=0`` turns the trimming off (for measuring it).
+Environment switches, for measuring: ``S2S_FT_TRIM_MARGIN_MB`` (the margin), ``S2S_FT_TRIM_EVERY=N`` (a trim every N
+steps instead of the growth trigger; 0 turns trimming off).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import ctypes.util
 import os
 import platform
 
-TRIM_EVERY = 10
+TRIM_MARGIN_MB = 256
 
 _libc = None
 
@@ -42,9 +45,41 @@ def _glibc():
     return _libc or None
 
 
-def trim_period() -> int:
-    """Optimizer steps between two ``release_free_memory`` calls of the training loop (0: never)."""
-    return int(os.environ.get("S2S_FT_TRIM_EVERY", TRIM_EVERY)) if _glibc() else 0
+def resident_mb() -> float:
+    """This process's resident set in MB (Linux /proc; 0.0 where there is none)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class HeapTrimmer:
+    """Decides after each optimizer step whether to trim the heap (see the module docstring for why and when)."""
+
+    def __init__(self, margin_mb: float = None, every: int = None):
+        env_every = os.environ.get("S2S_FT_TRIM_EVERY")
+        self.every = every if every is not None else (int(env_every) if env_every is not None else None)
+        self.margin_mb = margin_mb if margin_mb is not None else float(
+            os.environ.get("S2S_FT_TRIM_MARGIN_MB", TRIM_MARGIN_MB))
+        self.enabled = _glibc() is not None and self.every != 0
+        self.floor_mb = resident_mb()  # the resident set right after the last trim
+        self.trims = 0
+
+    def after_step(self, step: int) -> bool:
+        """Trim if due; True when it did."""
+        if not self.enabled:
+            return False
+        if self.every is not None:
+            due = step % self.every == 0
+        else:
+            due = resident_mb() > self.floor_mb + self.margin_mb
+        if not due:
+            return False
+        release_free_memory()
+        self.floor_mb = resident_mb()
+        self.trims += 1
+        return True
 
 
 def release_free_memory() -> bool:
