@@ -1,4 +1,4 @@
-"""What the command-line tools (s2s_ft.cli.train, s2s_ft.cli.decode, s2s_ft.cli.evaluate, s2s_ft.serving.server) share: the flags that
+"""What the command-line tools (s2s_ft.cli.train, s2s_ft.cli.decode, s2s_ft.cli.evaluate, s2s_ft.cli.serve) share: the flags that
 mean the same thing in every tool, the search flags and their checks (decode's flags, the server's defaults and the
 options of a request), logging setup, and turning user errors into one line and exit status 2.
 
