@@ -28,6 +28,7 @@ LAYERS = {
     "s2s_ft.evaluation": {"s2s_ft.errors", "s2s_ft.fileio", "s2s_ft.data"},
     "s2s_ft.training": {"s2s_ft.errors", "s2s_ft.fileio", "s2s_ft.distributed", "s2s_ft.model", "s2s_ft.data",
                         "s2s_ft.decoding", "s2s_ft.evaluation"},
+    "s2s_ft.hf": {"s2s_ft.model", "s2s_ft.data", "s2s_ft.decoding"},
     "s2s_ft.serving": {"s2s_ft.errors", "s2s_ft.fileio", "s2s_ft.model", "s2s_ft.data", "s2s_ft.decoding"},
     "s2s_ft.cli": {"s2s_ft.errors", "s2s_ft.fileio", "s2s_ft.distributed", "s2s_ft.model", "s2s_ft.data",
                    "s2s_ft.decoding", "s2s_ft.evaluation", "s2s_ft.training", "s2s_ft.serving"},

@@ -117,6 +117,32 @@ class KVCache:
         self.length = 0
         self.max_length = max_length
 
+    # -- the three calls the model makes during one forward (a cache of another layout, e.g. the Hugging Face
+    # wrapper's view of a ``transformers`` Cache in s2s_ft/hf/, implements the same three) --------------------------
+    def begin(self, key_rank: torch.Tensor, positions: torch.Tensor, n_store: int):
+        """Append ``key_rank`` / ``positions`` [B, n] of n new tokens, of which the first ``n_store`` stay; returns
+        (index of the first new token among the keys, key ranks and positions of all keys [B, length + n])."""
+        offset, end = self.length, self.length + key_rank.shape[1]
+        if end > self.max_length:
+            raise ValueError(f"cache holds {self.max_length} tokens; {end} requested")
+        self.key_rank[:, offset:end] = key_rank
+        self.positions[:, offset:end] = positions
+        self._pending = (offset, key_rank.shape[1], n_store)
+        return offset, self.key_rank[:, :end], self.positions[:, :end]
+
+    def layer_kv(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write layer ``layer``'s keys / values [B, H, n, d] of the new tokens; returns those of all keys."""
+        start, end = self.length, self.length + k.shape[2]
+        self.keys[layer, :, :, start:end] = k
+        self.values[layer, :, :, start:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def end(self) -> None:
+        offset, n_new, kept = self._pending
+        # Tokens written but not kept must become invisible to later steps (the next step overwrites them).
+        self.key_rank[:, offset + kept:offset + n_new] = NEVER_VISIBLE
+        self.length += kept
+
     def reorder(self, index: torch.Tensor) -> None:
         """Row i becomes row ``index[i]``, in new tensors: rows leave the batch (finished sentences or samples) or
         are repeated (a source for each of its samples)."""
@@ -183,7 +209,7 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor], cache: Optional[KVCache], layer: int,
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor], cache, layer: int,
                 n_out: Optional[int] = None) -> torch.Tensor:
         """Outputs of every token, or of the last ``n_out`` only (all tokens' keys and values are still cached)."""
         b, n, h = x.shape
@@ -191,10 +217,7 @@ class SelfAttention(nn.Module):
         if n_out is not None:
             q, mask = q[:, :, n - n_out:], (mask[..., n - n_out:, :] if mask is not None else None)
         if cache is not None:
-            start, end = cache.length, cache.length + n
-            cache.keys[layer, :, :, start:end] = k
-            cache.values[layer, :, :, start:end] = v
-            k, v = cache.keys[layer, :, :, :end], cache.values[layer, :, :, :end]
+            k, v = cache.layer_kv(layer, k, v)
         y = attention(q, k.to(q.dtype), v.to(q.dtype), mask, self.dropout_p if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(b, q.shape[2], h))
 
@@ -212,7 +235,7 @@ class TransformerLayer(nn.Module):
         self.act = activation(config.hidden_act)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x, mask, cache: Optional[KVCache], layer: int, n_out: Optional[int] = None):
+    def forward(self, x, mask, cache, layer: int, n_out: Optional[int] = None):
         attended = self.attention(x, mask, cache, layer, n_out)
         if n_out is not None:  # only the last n_out tokens go on
             x = x[:, x.shape[1] - n_out:]
@@ -442,7 +465,7 @@ class UnifiedTransformer(nn.Module):
         return bias.to(dtype).masked_fill(~allowed, float("-inf"))
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, token_type_ids: torch.Tensor,
-                key_rank: torch.Tensor, query_rank: torch.Tensor, cache: Optional[KVCache] = None,
+                key_rank: torch.Tensor, query_rank: torch.Tensor, cache=None,
                 n_store: Optional[int] = None, n_out: Optional[int] = None,
                 visible: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Hidden states [B, n, hidden] of the given tokens (call ``self.head`` for vocabulary logits).
@@ -460,12 +483,8 @@ class UnifiedTransformer(nn.Module):
         if cache is None:
             key_rank_all, key_positions, offset = key_rank, position_ids, 0
         else:
-            offset, end = cache.length, cache.length + n_new
-            if end > cache.max_length:
-                raise ValueError(f"cache holds {cache.max_length} tokens; {end} requested")
-            cache.key_rank[:, offset:end] = key_rank
-            cache.positions[:, offset:end] = position_ids
-            key_rank_all, key_positions = cache.key_rank[:, :end], cache.positions[:, :end]
+            offset, key_rank_all, key_positions = cache.begin(key_rank, position_ids,
+                                                              n_new if n_store is None else n_store)
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         mask = self._attention_mask(key_rank_all, query_rank, key_positions, position_ids, offset, dtype, visible)
         for index, layer in enumerate(self.layers):
@@ -475,10 +494,7 @@ class UnifiedTransformer(nn.Module):
             else:
                 x = layer(x, mask, cache, index, n_out if index == len(self.layers) - 1 else None)
         if cache is not None:
-            kept = n_new if n_store is None else n_store
-            # Tokens written but not kept must become invisible to later steps.
-            cache.key_rank[:, offset + kept:offset + n_new] = NEVER_VISIBLE
-            cache.length += kept
+            cache.end()
         return x
 
     def log_probs(self, hidden: torch.Tensor, copy_scores: Optional[torch.Tensor] = None,
