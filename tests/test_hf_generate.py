@@ -125,3 +125,103 @@ def test_target_ngram_processor_ignores_the_prompt():
     ignored = TargetNoRepeatNGramLogitsProcessor(2, len(prompt), ignore_ids=[6])(torch.tensor([prompt + [5, 6, 5]]),
                                                                                   scores)
     assert torch.isfinite(ignored).all()
+
+
+def test_sampling_with_a_seed_is_reproducible(loaded, single_thread):
+    _, model, tokenizer, _ = loaded
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        runs.append(hf_generate(model, tokenizer, SOURCES[:4], do_sample=True, top_p=0.9, temperature=1.5)[0])
+    assert runs[0] == runs[1]
+    torch.manual_seed(8)
+    others = [hf_generate(model, tokenizer, SOURCES[:4], do_sample=True, temperature=1.5)[0] for _ in range(3)]
+    assert any(run != runs[0] for run in others)  # the seed matters: not a greedy search in disguise
+
+
+def test_streamer_joined_equals_the_plain_output(loaded, single_thread):
+    from transformers import TextIteratorStreamer
+
+    _, model, tokenizer, _ = loaded
+    batch = tokenizer(SOURCES[:1], return_tensors="pt")
+    plain = model.generate(**batch, max_new_tokens=10)
+    expected = tokenizer.decode(plain[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    thread = threading.Thread(target=model.generate, kwargs=dict(**batch, max_new_tokens=10, streamer=streamer))
+    thread.start()
+    joined = "".join(streamer)
+    thread.join()
+    assert joined.strip() == expected.strip()
+
+
+def test_pipeline_equals_the_project_decoder(loaded, single_thread):
+    from transformers import pipeline
+
+    _, model, tokenizer, decoder = loaded
+    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, add_special_tokens=True)
+    expected = decoder.decode_texts(SOURCES[:3], beam_size=3, max_tgt_length=10)
+    got = [out[0]["generated_text"].strip()
+           # the text-generation pipeline samples (temperature 0.7) unless told not to
+           for out in pipe(SOURCES[:3], num_beams=3, do_sample=False, max_new_tokens=10, return_full_text=False)]
+    assert got == expected
+
+
+def test_the_directory_still_loads_in_auto_model_for_masked_lm(loaded):
+    from transformers import AutoModelForMaskedLM
+
+    path, model, _, _ = loaded
+    masked_lm, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+    assert info["missing_keys"] == set() or not info["missing_keys"]
+    # same weights: BERT's word embeddings are ours
+    assert torch.equal(masked_lm.get_input_embeddings().weight, model.get_input_embeddings().weight)
+
+
+def test_save_pretrained_round_trip(loaded, tmp_path, single_thread):
+    _, model, tokenizer, _ = loaded
+    model.save_pretrained(tmp_path / "again", tokenizer=tokenizer)
+    again = S2sFtForConditionalGeneration.from_pretrained(tmp_path / "again")
+    batch = tokenizer(SOURCES[:2], return_tensors="pt", padding=True)
+    assert torch.equal(model.generate(**batch, num_beams=2), again.generate(**batch, num_beams=2))
+
+
+def test_causal_lm_auto_class_refuses_an_s2s_ft_directory(loaded, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from s2s_ft.hf import S2sFtCheckpointError
+
+    path = loaded[0]
+    with pytest.raises(S2sFtCheckpointError, match="S2sFtForConditionalGeneration"):
+        AutoModelForCausalLM.from_pretrained(path)
+    # a plain BERT directory still loads as before
+    plain = write_tiny_bert(tmp_path, WORDS)
+    assert type(AutoModelForCausalLM.from_pretrained(plain)).__name__ == "BertLMHeadModel"
+
+
+def test_bad_inputs_are_refused(loaded, tmp_path):
+    path, model, tokenizer, _ = loaded
+    with pytest.raises(ValueError, match="add_special_tokens=True"):
+        model.generate(**tokenizer(SOURCES[:1], return_tensors="pt", add_special_tokens=False))
+    with pytest.raises(Exception, match="s2s_ft_settings.json|settings"):
+        S2sFtForConditionalGeneration.from_pretrained(write_tiny_bert(tmp_path, WORDS))
+    batch = tokenizer(SOURCES[:1], return_tensors="pt")
+    with pytest.raises(ValueError, match="position_ids"):
+        model(batch["input_ids"], position_ids=batch["input_ids"] * 0 + 5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_trained_checkpoint_decodes_alike(method, tiny_bert, train_file, tmp_path, single_thread):
+    """A checkpoint trained by the project's trainer (not random weights): beam 5 on the training sources."""
+    from conftest import train_args
+
+    from s2s_ft.cli import train
+
+    assert train.main(train_args(tiny_bert, train_file, tmp_path, "--fine_tune", method, "--num_training_steps",
+                                 "40", "--save_steps", "40")) == 0
+    path = str(tmp_path / "ckpt-40")
+    model, tokenizer = S2sFtForConditionalGeneration.from_pretrained(path), load_tokenizer(path)
+    sources = [json.loads(line)["src"] for line in open(train_file)][:6]
+    sources = [s if isinstance(s, str) else " ".join(s) for s in sources]
+    expected = reference(load_decoder(path, device="cpu"), sources, beam_size=5, min_len=1)
+    got, out = hf_generate(model, tokenizer, sources, num_beams=5)
+    assert [tokens for tokens, _ in got] == [hyps[0].tokens for hyps in expected]
+    assert out.sequences_scores.tolist() == pytest.approx([hyps[0].log_prob for hyps in expected], abs=1e-4)

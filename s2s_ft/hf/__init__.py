@@ -2,4 +2,8 @@
 from s2s_ft.hf.modeling import (S2sFtCache, S2sFtConfig, S2sFtForConditionalGeneration,
                                 TargetNoRepeatNGramLogitsProcessor)
 
-__all__ = ["S2sFtCache", "S2sFtConfig", "S2sFtForConditionalGeneration", "TargetNoRepeatNGramLogitsProcessor"]
+from s2s_ft.hf.auto import S2sFtCheckpointError, guard_causal_lm_auto_class
+
+guard_causal_lm_auto_class()
+
+__all__ = ["S2sFtCheckpointError", "S2sFtCache", "S2sFtConfig", "S2sFtForConditionalGeneration", "TargetNoRepeatNGramLogitsProcessor"]
