@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="add a copy attention over the source: the next token's distribution becomes a learned mixture of the "
              "vocabulary head's and a copy distribution over the source's word pieces (opt-in; a checkpoint that has "
              "one keeps it, and decoding needs no flag)")
+    add("--lora_rank", type=int, default=DEFAULTS.lora_rank,
+        help="LoRA through peft: adapters of this rank in every linear layer of the body, pretrained weights "
+             "frozen, the head's transform and the copy attention trained in full (default 0: full fine-tuning; "
+             "checkpoints hold the merged model plus adapter/ in peft's format)")
+    add("--lora_alpha", type=float, default=None, help="LoRA scaling alpha (default: 2 x --lora_rank)")
+    add("--lora_dropout", type=float, default=DEFAULTS.lora_dropout, help="dropout on the adapters' input")
     add("--tokenizer_name", default=None, help="tokenizer directory (default: the model directory)")
     add("--train_file", required=True,
         help="seq2seq: JSONL, one {\"src\": ..., \"tgt\": ...} a line; mass: one sentence a line (plain text, "
@@ -168,6 +174,13 @@ def resolve_args(args: argparse.Namespace) -> TrainingConfig:
     args.eval_max_tgt_length = args.max_target_seq_length if args.eval_max_tgt_length is None \
         else args.eval_max_tgt_length
     _check_counts(args)
+    if args.lora_rank < 0 or (args.lora_alpha is not None and args.lora_rank == 0):
+        raise UsageError(f"--lora_rank must be >= 1 for LoRA (0: full fine-tuning), got {args.lora_rank}"
+                         + (" with --lora_alpha" if args.lora_rank == 0 else ""))
+    if args.lora_rank and not 0 <= args.lora_dropout < 1:
+        raise UsageError(f"--lora_dropout must lie in [0, 1), got {args.lora_dropout}")
+    if args.lora_rank and args.lora_alpha is None:
+        args.lora_alpha = 2.0 * args.lora_rank
     _check_eval(args)
     _check_optimisation(args)
     if args.objective == "mass":

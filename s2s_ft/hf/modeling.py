@@ -383,3 +383,19 @@ class TargetNoRepeatNGramLogitsProcessor(LogitsProcessor):
         ignore = torch.tensor(self.ignore_ids, dtype=torch.long, device=input_ids.device)
         banned = banned_ngram_mask(input_ids[:, self.prompt_width:], scores.shape[-1], self.ngram_size, ignore)
         return scores.masked_fill(banned, float("-inf"))
+
+
+def from_pretrained_with_adapter(base_dir: str, adapter_dir: str):
+    """A LoRA run's result as a peft model: ``base_dir`` (its ``lora_base/``) with the adapter folder
+    ``adapter_dir`` (``ckpt-N/adapter``): the parts trained in full are loaded into the base, the adapters by peft.
+    ``generate`` works on it as on the merged checkpoint."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    model = S2sFtForConditionalGeneration.from_pretrained(base_dir)
+    trained = load_file(os.path.join(adapter_dir, checkpoint.TRAINED_IN_FULL_NAME))
+    unexpected = model.load_state_dict(trained, strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"{adapter_dir}: {len(unexpected)} weights the base {base_dir} does not have, e.g. "
+                         f"{unexpected[0]}")
+    return PeftModel.from_pretrained(model, adapter_dir).eval()

@@ -33,6 +33,8 @@ CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
 BIN_NAME = "pytorch_model.bin"
 SETTINGS_NAME = "s2s_ft_settings.json"
+# A LoRA run's adapter folder (s2s_ft/training/lora.py): peft's two files plus the parts trained in full.
+TRAINED_IN_FULL_NAME = "trained_in_full.safetensors"
 
 _LOG = logging.getLogger("s2s_ft.model.checkpoint")
 

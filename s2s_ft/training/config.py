@@ -30,6 +30,9 @@ class TrainingConfig:
     dropout: Optional[float] = None  # None: the checkpoint config's
     dropout_from_step: int = 0
     copy_mechanism: bool = False
+    lora_rank: int = 0  # 0: full fine-tuning
+    lora_alpha: Optional[float] = None  # None: 2 x rank
+    lora_dropout: float = 0.0
     gradient_checkpointing: bool = False
     torch_compile: bool = False
     # the data and what is trained on it

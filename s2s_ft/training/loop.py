@@ -36,7 +36,7 @@ from s2s_ft.distributed import World
 from s2s_ft.errors import TrainingStopped, UsageError
 from s2s_ft.model import checkpoint
 from s2s_ft.model.precision import AUTOCAST_DTYPES
-from s2s_ft.training import rundir
+from s2s_ft.training import lora, rundir
 from s2s_ft.training.config import TrainingConfig
 from s2s_ft.training.dev_eval import DevEvaluator
 from s2s_ft.training.loss import seq2seq_loss
@@ -77,8 +77,17 @@ class Run:
     forward: object = None  # the model, or its torch.compile'd forward
 
     def save(self, path: str, training_state: Optional[dict] = None, extra_files: Optional[dict] = None) -> None:
-        rundir.save_training_checkpoint(path, self.model, self.config.model_type, self.hf_config, self.tokenizer,
-                                        self.settings, training_state, extra_files)
+        model, write_more, c = self.model, None, self.config
+        if c.lora_rank:  # the merged model as the checkpoint, the adapters beside it (s2s_ft/training/lora.py)
+            model = lora.merged_copy(self.model)
+            training_state = None if training_state is None else {**training_state,
+                                                                   "trainable": lora.trainable_state(self.model)}
+
+            def write_more(directory: str) -> None:
+                lora.save_adapter(self.model, c.lora_rank, c.lora_alpha, c.lora_dropout,
+                                  os.path.join(directory, lora.ADAPTER_DIR))
+        rundir.save_training_checkpoint(path, model, c.model_type, self.hf_config, self.tokenizer,
+                                        self.settings, training_state, extra_files, write_more)
 
 
 # ---------------------------------------------------------------------------------------------------- set-up
@@ -142,6 +151,11 @@ def start_run(config: TrainingConfig, world: World) -> Run:
     config = config.replace(num_training_steps=steps)  # resolved (from the epochs if it was not given)
     run = Run(config, world, model, tokenizer, hf_config, checkpoint_settings(config, special), data, packer, sampler,
               global_batch)
+    if config.lora_rank:
+        base = os.path.join(config.output_dir, lora.BASE_DIR)
+        if world.is_main and not os.path.isdir(base):  # what the adapters are relative to, before any step
+            rundir.save_training_checkpoint(base, model, config.model_type, hf_config, tokenizer, run.settings)
+        lora.add_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout)
     model.to(config.device)
     world.broadcast_model(model)  # same seed, same weights already; this makes sure of it
     if config.eval_file:
@@ -191,6 +205,11 @@ def log_start(run: Run, per_step: float) -> None:
              config.fine_tune, config.num_training_steps, f"{per_step:.4g}" if budget else per_step,
              f"<= {config.max_tokens_per_batch} tokens" if budget else config.per_device_train_batch_size,
              config.gradient_accumulation_steps, config.precision, config.device, run.model.num_parameters() / 1e6)
+    if config.lora_rank:
+        trained = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+        log.info("LoRA rank %d (alpha %g): %.2fM of %.1fM parameters trained (%.1f %%)", config.lora_rank,
+                 config.lora_alpha, trained / 1e6, run.model.num_parameters() / 1e6,
+                 100 * trained / run.model.num_parameters())
     if budget:
         log.info("effective batch: one token-budget micro-batch (<= %d tokens, ~%.4g examples) shared by %d "
                  "device(s) x %d accumulation", config.max_tokens_per_batch, per_step / config.gradient_accumulation_steps,

@@ -12,8 +12,9 @@ import torch
 def make_optimizer(model: torch.nn.Module, *, learning_rate: float, weight_decay: float, adam_epsilon: float,
                    num_warmup_steps: int, num_training_steps: int):
     """(optimizer, scheduler); ``scheduler.step()`` once per optimizer step."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    trained = [p for p in model.parameters() if p.requires_grad]  # LoRA freezes the pretrained weights
+    decay = [p for p in trained if p.ndim > 1]
+    no_decay = [p for p in trained if p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=learning_rate, eps=adam_epsilon, fused=_fused_supported(model))

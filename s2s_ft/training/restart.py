@@ -20,7 +20,7 @@ from s2s_ft.training.config import TrainingConfig
 log = logging.getLogger("s2s_ft")
 
 RUN_FLAGS = ("model_type", "model_name_or_path", "config_name", "fresh_head_init", "dropout", "dropout_from_step",
-             "copy_mechanism",
+             "copy_mechanism", "lora_rank", "lora_alpha", "lora_dropout",
              "tokenizer_name", "train_file",
              "skip_bad_lines", "objective", "fine_tune", "max_source_seq_length", "max_target_seq_length",
              "mass_ratio", "mass_mask_keep_rand", "mass_span_position", "mass_full_target",

@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -110,16 +110,20 @@ def prune_checkpoints(output_dir: str, limit: Optional[int], keep: str) -> None:
 
 
 def save_training_checkpoint(path: str, model, model_type: str, hf_config, tokenizer, settings,
-                             training_state: Optional[dict] = None, extra_files: Optional[dict] = None) -> None:
+                             training_state: Optional[dict] = None, extra_files: Optional[dict] = None,
+                             write_more: Optional[Callable[[str], None]] = None) -> None:
     """Write ``path + '.tmp'``, fsync every file and the directory, then put it in place of ``path`` with
     ``fileio.replace_dir``: after a crash at any point, start-up (``remove_stale_temporaries``) finds ``path``
     complete, old or new (or absent if there was none); a directory still being written is never resumed from.
-    ``training_state`` (what resume needs) goes to training_state.pt; ``extra_files`` maps names to text."""
+    ``training_state`` (what resume needs) goes to training_state.pt; ``extra_files`` maps names to text;
+    ``write_more`` writes further files into the directory being written (a LoRA run's adapters)."""
     temporary = path + WRITING
     shutil.rmtree(temporary, ignore_errors=True)
     checkpoint.save_checkpoint(model, temporary, model_type, hf_config, tokenizer=tokenizer, settings=settings)
     if training_state is not None:
         torch.save(training_state, os.path.join(temporary, TRAINING_STATE))
+    if write_more is not None:
+        write_more(temporary)
     for name, text in (extra_files or {}).items():
         with open(os.path.join(temporary, name), "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -169,7 +173,10 @@ def resume_training(resume_from: str, identity: dict, allow_changed_flags: bool,
                     ", ".join(f"--{name}" for name in recorded))
     check_restart(resume_from, recorded, identity, allow_changed_flags)
     try:
-        model.load_state_dict(resumed.state_dict())
+        if "trainable" in state:  # LoRA: the base is as at the start; the adapters and fresh parts come back
+            model.load_state_dict(state["trainable"], strict=False)
+        else:
+            model.load_state_dict(resumed.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
