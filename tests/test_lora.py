@@ -23,7 +23,7 @@ def lora_run(tiny_bert, train_file, out, steps, *extra):
 
 
 @pytest.fixture(scope="module")
-def lora_out(tiny_bert, train_file, tmp_path_factory):
+def lora_out(tiny_bert, train_file, tmp_path_factory, single_thread):
     out = tmp_path_factory.mktemp("lora")
     assert lora_run(tiny_bert, train_file, out, 20) == 0
     return out
@@ -59,7 +59,7 @@ def test_adapter_loads_with_peft_and_generates_like_the_merged_checkpoint(lora_o
     assert torch.allclose(out_peft.sequences_scores, out_merged.sequences_scores, atol=1e-4)
 
 
-def test_a_resumed_lora_run_equals_a_straight_one(tiny_bert, train_file, lora_out, tmp_path):
+def test_a_resumed_lora_run_equals_a_straight_one(tiny_bert, train_file, lora_out, tmp_path, single_thread):
     import shutil
 
     shutil.copytree(lora_out, tmp_path / "run")
