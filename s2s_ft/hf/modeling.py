@@ -127,13 +127,14 @@ class _Layout:
 
     def steps(self, generated: torch.Tensor, first: int, last: int, whole_last: bool = True) -> tuple[list, int]:
         """Columns (ids, positions, key_rank, query_rank) fed by steps first..last: the kept ones, and all of the
-        last step's with ``whole_last``; and how many of the last step's are kept. ``generated`` [B, >= last]: the
-        tokens generated so far (column s - 1 is fed as "previous" at step s)."""
+        last step's with ``whole_last``; and how many of those last columns are fed but not kept (a [MASK] that
+        predicts). ``generated`` [B, >= last]: the tokens generated so far (column s - 1 is fed as "previous" at
+        step s)."""
         rows, columns = generated.shape[0], []
-        kept_last = 0
+        unkept = 0
         for step in range(first, last + 1):
             feed, kept = self.method.step_feed(step)
-            kept_last = kept
+            unkept = len(feed) - kept if whole_last else 0
             for kind, index, (key_rank, query_rank) in (feed if step == last and whole_last else feed[:kept]):
                 if kind == "previous":
                     ids = generated[:, step - 1]
@@ -141,7 +142,7 @@ class _Layout:
                     ids = torch.full((rows,), self.special.start if kind == "start" else self.special.mask,
                                      dtype=torch.long, device=generated.device)
                 columns.append((ids, self.source_length + index, key_rank, query_rank))
-        return columns, kept_last
+        return columns, unkept
 
     def tensors(self, columns: list) -> dict:
         rows = self.source_length.shape[0]
@@ -229,8 +230,9 @@ class S2sFtForConditionalGeneration(PreTrainedModel, GenerationMixin):
         """Next-token log-probabilities (as ``logits`` [B, 1, V]; log-softmax leaves them unchanged) after a
         generation sequence. Without a cache (or with an empty one) ``input_ids`` is the whole sequence: the
         ``source_width`` prompt columns, then the tokens generated so far (``generate`` passes source_width; it
-        defaults to all columns: a prompt alone). With a filled cache it is the last generated token, and
-        ``attention_mask`` covers the prompt and every generated token (as ``generate`` keeps it).
+        defaults to all columns: a prompt alone). With a filled cache it is the last generated token (how many came
+        before follows from the cache's length); ``attention_mask``'s first source_width columns mark the prompt's
+        real tokens (None: no padding, as ``generate`` passes a mask of ones).
         ``position_ids`` of the prompt are checked against the layout's (its real tokens counted from 0, so left
         padding is transparent); ``token_type_ids`` are ignored (segments follow the layout)."""
         cached = cache is not None and cache.get_seq_length() > 0
@@ -256,20 +258,19 @@ class S2sFtForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def _full(self, input_ids, width, layout: _Layout, cache):
         """The whole sequence at once: the source, the kept columns of the steps before, the current step's feed."""
         generated = input_ids[:, width:]
-        columns, kept_last = layout.steps(generated, 0, generated.shape[1])
+        columns, unkept = layout.steps(generated, 0, generated.shape[1])
         target = layout.tensors(columns)
         source = {"input_ids": input_ids[:, :width], "position_ids": layout.source_positions,
                   "token_type_ids": torch.full_like(input_ids[:, :width], self.special.source_type),
                   "key_rank": layout.source_key_rank, "query_rank": layout.source_query_rank}
         inputs = {name: torch.cat([source[name], target[name]], 1) for name in source}
-        n_all = inputs["input_ids"].shape[1]
-        n_unkept = len(self.method.step_feed(generated.shape[1])[0]) - kept_last
         view = None
         if cache is not None:
             empty = torch.zeros(input_ids.shape[0], 0, dtype=torch.long, device=input_ids.device)
             view = _CacheView(cache, empty, empty)
         copy = self.transformer.copy is not None
-        hidden = self.transformer(**inputs, cache=view, n_store=n_all - n_unkept, n_out=None if copy else 1)
+        hidden = self.transformer(**inputs, cache=view, n_store=inputs["input_ids"].shape[1] - unkept,
+                                  n_out=None if copy else 1)
         copy_state = None
         if copy:
             copy_state = self._copy_state(hidden[:, :width], input_ids[:, :width], layout.source_key_rank)
@@ -295,10 +296,10 @@ class S2sFtForConditionalGeneration(PreTrainedModel, GenerationMixin):
         past = layout.tensors(layout.steps(generated, 0, generated_count - 1, whole_last=False)[0])
         past_key_rank = torch.cat([layout.source_key_rank, past["key_rank"]], 1)
         past_positions = torch.cat([layout.source_positions, past["position_ids"]], 1)
-        columns, kept = layout.steps(generated, generated_count, generated_count)
+        columns, unkept = layout.steps(generated, generated_count, generated_count)
         inputs = layout.tensors(columns)
         view = _CacheView(cache, past_key_rank, past_positions)
-        hidden = self.transformer(**inputs, cache=view, n_store=kept, n_out=1)
+        hidden = self.transformer(**inputs, cache=view, n_store=len(columns) - unkept, n_out=1)
         copy_state = getattr(cache, "copy_state", None)
         if self.transformer.copy is not None and copy_state is None:
             raise ValueError("a copy-mechanism model needs an S2sFtCache (generate() makes one)")

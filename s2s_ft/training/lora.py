@@ -28,7 +28,6 @@ LORA_TARGETS = ("qkv", "out", "ffn_in", "ffn_out")  # every linear layer of the 
 TRAINED_IN_FULL = ("head.transform.", "head.norm.", "copy.")
 BASE_DIR = "lora_base"
 ADAPTER_DIR = "adapter"
-TRAINED_IN_FULL_FILE = checkpoint.TRAINED_IN_FULL_NAME
 HF_PREFIX = "transformer."  # S2sFtForConditionalGeneration's name for the wrapped model
 
 
@@ -48,10 +47,6 @@ def add_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float) ->
     inject_adapter_in_model(lora_config(rank, alpha, dropout), model)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_("lora_" in name or name.startswith(TRAINED_IN_FULL))
-
-
-def has_lora(model: torch.nn.Module) -> bool:
-    return any("lora_" in name for name, _ in model.named_parameters())
 
 
 def trainable_state(model: torch.nn.Module) -> dict:
@@ -85,4 +80,4 @@ def save_adapter(model: torch.nn.Module, rank: int, alpha: float, dropout: float
                for key, value in adapters.items()}, os.path.join(directory, "adapter_model.safetensors"))
     full = {HF_PREFIX + name: p.detach().cpu().contiguous() for name, p in model.named_parameters()
             if p.requires_grad and "lora_" not in name}
-    save_file(full, os.path.join(directory, TRAINED_IN_FULL_FILE))
+    save_file(full, os.path.join(directory, checkpoint.TRAINED_IN_FULL_NAME))
