@@ -211,15 +211,9 @@ class Seq2SeqDecoder:
     # -- one step's new tokens -----------------------------------------------------------------------------------
     def _step_inputs(self, rows: _Rows, step: int):
         """(input_ids, position_ids, token_type_ids, key_rank, query_rank, n_store) of the tokens fed at ``step``."""
-        r = rows.tokens.shape[0]
         feed, n_store = self.method.step_feed(step)
-        fill = {"start": self.special.start, "mask": self.special.mask}
-        ids = torch.stack([rows.tokens[:, -1] if kind == "previous"
-                           else torch.full((r,), fill[kind], device=self.device) for kind, _, _ in feed], 1)
-        positions = torch.stack([rows.source_length + index for _, index, _ in feed], 1)
-        ranks = torch.tensor([column_ranks for _, _, column_ranks in feed], device=self.device)
-        key_rank = ranks[:, 0].expand(r, -1)
-        query_rank = ranks[:, 1].expand(r, -1)
+        previous = rows.tokens[:, -1] if rows.tokens.shape[1] else None
+        ids, positions, key_rank, query_rank = feed_inputs(feed, previous, rows.source_length, self.special)
         types = torch.full_like(ids, self.special.target_type)
         return ids, positions, types, key_rank, query_rank, n_store
 
@@ -463,6 +457,21 @@ class Seq2SeqDecoder:
                                     1)
             rows.scores = torch.tensor([s for _, _, s in keep], device=self.device, dtype=rows.scores.dtype)
         return [[h for h in found[i * m:(i + 1) * m] if h is not None] for i in range(len(sources))]
+
+
+def feed_inputs(feed: Sequence, previous: Optional[torch.Tensor], source_length: torch.Tensor,
+                special: SpecialIds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, positions, key ranks, query ranks), each [R, len(feed)], of the columns a decoding step feeds
+    (``methods.FineTuningMethod.step_feed``): "previous" is ``previous`` [R] (each row's last generated token),
+    "start" / "mask" the special token, each at position source_length + its target index. The project's decoder and
+    the Hugging Face wrapper (s2s_ft/hf/) both build their steps with it."""
+    rows, device = source_length.shape[0], source_length.device
+    fill = {"start": special.start, "mask": special.mask}
+    ids = torch.stack([previous if kind == "previous" else torch.full((rows,), fill[kind], device=device)
+                       for kind, _, _ in feed], 1)
+    positions = torch.stack([source_length + index for _, index, _ in feed], 1)
+    ranks = torch.tensor([column_ranks for _, _, column_ranks in feed], device=device)
+    return ids, positions, ranks[:, 0].expand(rows, -1), ranks[:, 1].expand(rows, -1)
 
 
 def row_generator(seed: int, key: int, j: int) -> torch.Generator:

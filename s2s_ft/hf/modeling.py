@@ -36,7 +36,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from s2s_ft.data.methods import PADDING_RANKS, SOURCE_RANKS, get_method
 from s2s_ft.data.packing import SpecialIds, copyable_columns
-from s2s_ft.decoding.search import banned_ngram_mask
+from s2s_ft.decoding.search import banned_ngram_mask, feed_inputs
 from s2s_ft.model import checkpoint
 from s2s_ft.model.transformer import ModelConfig, UnifiedTransformer
 
@@ -125,36 +125,24 @@ class _Layout:
         self.source_query_rank = torch.where(real, SOURCE_RANKS[1], PADDING_RANKS[1])
         self.source_positions = (real.long().cumsum(1) - 1).clamp(min=0)
 
-    def steps(self, generated: torch.Tensor, first: int, last: int, whole_last: bool = True) -> tuple[list, int]:
-        """Columns (ids, positions, key_rank, query_rank) fed by steps first..last: the kept ones, and all of the
-        last step's with ``whole_last``; and how many of those last columns are fed but not kept (a [MASK] that
-        predicts). ``generated`` [B, >= last]: the tokens generated so far (column s - 1 is fed as "previous" at
-        step s)."""
-        rows, columns = generated.shape[0], []
-        unkept = 0
+    def steps(self, generated: torch.Tensor, first: int, last: int, whole_last: bool = True) -> tuple[dict, int]:
+        """Model inputs [B, n] of the columns fed by steps first..last: the kept ones, and all of the last step's
+        with ``whole_last``; and how many of those last columns are fed but not kept (a [MASK] that predicts).
+        ``generated`` [B, >= last]: the tokens generated so far (column s - 1 is fed as "previous" at step s)."""
+        parts, unkept = [], 0
         for step in range(first, last + 1):
             feed, kept = self.method.step_feed(step)
             unkept = len(feed) - kept if whole_last else 0
-            for kind, index, (key_rank, query_rank) in (feed if step == last and whole_last else feed[:kept]):
-                if kind == "previous":
-                    ids = generated[:, step - 1]
-                else:
-                    ids = torch.full((rows,), self.special.start if kind == "start" else self.special.mask,
-                                     dtype=torch.long, device=generated.device)
-                columns.append((ids, self.source_length + index, key_rank, query_rank))
-        return columns, unkept
-
-    def tensors(self, columns: list) -> dict:
-        rows = self.source_length.shape[0]
-        device = self.source_length.device
-        stack = (lambda values: torch.stack(values, 1) if values else torch.zeros(rows, 0, dtype=torch.long,
-                                                                                    device=device))
-        ids, positions, key_rank, query_rank = (list(part) for part in zip(*columns)) if columns else ([],) * 4
-        full = (lambda values: [torch.full((rows,), v, dtype=torch.long, device=device) for v in values])
-        return {"input_ids": stack(ids), "position_ids": stack(positions),
-                "token_type_ids": torch.full((rows, len(columns)), self.special.target_type, dtype=torch.long,
-                                             device=device),
-                "key_rank": stack(full(key_rank)), "query_rank": stack(full(query_rank))}
+            fed = feed if step == last and whole_last else feed[:kept]
+            if fed:
+                previous = generated[:, step - 1] if step else None
+                parts.append(feed_inputs(fed, previous, self.source_length, self.special))
+        empty = self.source_length.new_zeros(self.source_length.shape[0], 0)
+        ids, positions, key_rank, query_rank = ([torch.cat(values, 1) for values in zip(*parts)] if parts
+                                                else [empty] * 4)
+        return {"input_ids": ids, "position_ids": positions,
+                "token_type_ids": torch.full_like(ids, self.special.target_type),
+                "key_rank": key_rank, "query_rank": query_rank}, unkept
 
 
 class S2sFtForConditionalGeneration(PreTrainedModel, GenerationMixin):
@@ -258,8 +246,7 @@ class S2sFtForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def _full(self, input_ids, width, layout: _Layout, cache):
         """The whole sequence at once: the source, the kept columns of the steps before, the current step's feed."""
         generated = input_ids[:, width:]
-        columns, unkept = layout.steps(generated, 0, generated.shape[1])
-        target = layout.tensors(columns)
+        target, unkept = layout.steps(generated, 0, generated.shape[1])
         source = {"input_ids": input_ids[:, :width], "position_ids": layout.source_positions,
                   "token_type_ids": torch.full_like(input_ids[:, :width], self.special.source_type),
                   "key_rank": layout.source_key_rank, "query_rank": layout.source_query_rank}
@@ -293,13 +280,12 @@ class S2sFtForConditionalGeneration(PreTrainedModel, GenerationMixin):
         """One cached step: feed step ``generated_count``'s columns (its "previous" is input_ids' last token)."""
         generated = torch.zeros(input_ids.shape[0], generated_count, dtype=torch.long, device=input_ids.device)
         generated[:, -1] = input_ids[:, -1]
-        past = layout.tensors(layout.steps(generated, 0, generated_count - 1, whole_last=False)[0])
+        past = layout.steps(generated, 0, generated_count - 1, whole_last=False)[0]
         past_key_rank = torch.cat([layout.source_key_rank, past["key_rank"]], 1)
         past_positions = torch.cat([layout.source_positions, past["position_ids"]], 1)
-        columns, unkept = layout.steps(generated, generated_count, generated_count)
-        inputs = layout.tensors(columns)
+        inputs, unkept = layout.steps(generated, generated_count, generated_count)
         view = _CacheView(cache, past_key_rank, past_positions)
-        hidden = self.transformer(**inputs, cache=view, n_store=len(columns) - unkept, n_out=1)
+        hidden = self.transformer(**inputs, cache=view, n_store=inputs["input_ids"].shape[1] - unkept, n_out=1)
         copy_state = getattr(cache, "copy_state", None)
         if self.transformer.copy is not None and copy_state is None:
             raise ValueError("a copy-mechanism model needs an S2sFtCache (generate() makes one)")
