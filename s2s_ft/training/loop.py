@@ -247,7 +247,7 @@ def train(config: TrainingConfig, world: World) -> str:
                 rundir.append_record(os.path.join(config.output_dir, rundir.TRAIN_LOG), record)
             progress.set_postfix(loss=record["loss"], lr=f"{record['lr']:.2e}")
             window = LogWindow()
-        save_and_evaluate(run)
+        save_and_evaluate(run, trimmer)
     progress.close()
     if world.is_main:
         rundir.write_curves(config.output_dir)
@@ -361,8 +361,9 @@ class LogWindow:
 
 
 # ---------------------------------------------------------------------------------------------------- saving
-def save_and_evaluate(run: Run) -> None:
-    """Evaluate (--eval_steps) and save (--save_steps) when due, and always at the last step."""
+def save_and_evaluate(run: Run, trimmer: HeapTrimmer) -> None:
+    """Evaluate (--eval_steps) and save (--save_steps) when due, and always at the last step; the heap is trimmed
+    before and after either (memory.py: why)."""
     config, world, step = run.config, run.world, run.step
     last = step == config.num_training_steps
     save_due = step % config.save_steps == 0 or last
@@ -372,9 +373,11 @@ def save_and_evaluate(run: Run) -> None:
         if poisoned:  # never write a checkpoint (or best/) that resume would pick over the last good one
             raise TrainingStopped(f"step {step}: parameter {poisoned[0]} is not finite; not saved. Last good "
                                   f"checkpoint: {run.last_saved or 'none'}")
+        trimmer.trim_now()
     if eval_due:  # before the save: a run killed in between evaluates this step again when it resumes
         if world.is_main:  # rank 0 decodes the dev sample alone; the others wait at the barrier
             run.evaluator(step)
+            trimmer.trim_now()
         world.barrier()
     if save_due:
         run.last_saved = rundir.checkpoint_path(config.output_dir, step)
@@ -387,4 +390,5 @@ def save_and_evaluate(run: Run) -> None:
                 "scaler": run.scaler.state_dict(), "rng": rng, "bad_streak": run.bad_streak, "run": run.identity})
             log.info("saved %s", run.last_saved)
             rundir.prune_checkpoints(config.output_dir, config.save_total_limit, keep=run.last_saved)
+            trimmer.trim_now()
         world.barrier()
