@@ -66,6 +66,9 @@ def add_search_flags(add: Callable, samples_help: str = "") -> None:
     add("--seed", type=int, default=0,
         help="with --do_sample: samples are seeded from (seed, input position, sample index), independent of the "
              "batch size and process count")
+    add("--source_words_only", action="store_true",
+        help="a word written with several word pieces must be a word of the source (no half-remembered rare words; "
+             "WordPiece vocabularies)")
 
 
 SEARCH_FLAGS = SEARCH_OPTIONS  # the destinations of add_search_flags, in order

@@ -8,6 +8,7 @@ The command line (``s2s-ft-decode``, ``decode_seq2seq.py``) is s2s_ft/cli/decode
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Callable, Optional, Sequence
 
@@ -18,6 +19,7 @@ from s2s_ft.data.packing import SpecialIds
 from s2s_ft.data.reading import load_tokenizer, prepare_sources
 from s2s_ft.decoding.detokenize import DETOKENIZERS, detokenize
 from s2s_ft.decoding.search import Hypothesis, SearchConfig, Seq2SeqDecoder
+from s2s_ft.decoding.source_words import continuation_ids
 from s2s_ft.errors import UsageError
 from s2s_ft.model import checkpoint
 from s2s_ft.model.precision import AUTOCAST_DTYPES, resolve_precision
@@ -62,6 +64,12 @@ class LoadedDecoder:
             raise UsageError(f"the longest source ({needed - 2 - max_tgt_length} tokens) plus {max_tgt_length} "
                              f"target tokens needs {needed} positions; the checkpoint has {usable} ({remedy})")
 
+    def continuation_ids(self) -> list[int]:
+        """The tokenizer's word-continuation pieces (``source_words_only``); computed once."""
+        if not hasattr(self, "_continuation_ids"):
+            self._continuation_ids = continuation_ids(self.tokenizer)
+        return self._continuation_ids
+
     def decode_ids(self, sources: Sequence[Sequence[int]], config: SearchConfig, batch_size: int = 32,
                    progress: bool = False, shard: tuple[int, int] = (0, 1),
                    keys: Optional[Sequence[int]] = None,
@@ -78,6 +86,8 @@ class LoadedDecoder:
 
         ``should_stop``: asked before every decoding step; True ends the call with ``DecodingStopped``.
         """
+        if config.source_words_only and not config.continuation_ids:
+            config = dataclasses.replace(config, continuation_ids=self.continuation_ids())
         config.check()
         self.check_position_budget(sources, config.max_tgt_length)
         keys = list(range(len(sources))) if keys is None else list(keys)

@@ -28,7 +28,7 @@ of the next k live beams. At ``max_tgt_length`` every candidate ranked among the
 [SEP] (``Hypothesis.finished`` False). A sentence stops as soon as it holds k finished hypotheses ("early stop",
 fairseq's rule and HF's ``early_stopping=True``): with a length penalty (alpha > 0) a live beam could still have
 finished later with a better normalised score; like fairseq we do not wait for it. A sentence whose candidates
-are all banned (min_len, n-gram blocking, layout tokens) stops with what it has, possibly nothing.
+are all banned (min_len, n-gram blocking, layout tokens, ``source_words_only``) stops with what it has, possibly nothing.
 
 Sampling (``do_sample``) runs on the same cached step (``_log_probs``: the same constraints) with
 ``num_return_sequences`` independent rows per sentence. Each step's constrained log-probs are divided by
@@ -54,6 +54,7 @@ import torch
 
 from s2s_ft.data.methods import get_method
 from s2s_ft.data.packing import SpecialIds, decoding_prefix
+from s2s_ft.decoding.source_words import SourceWords
 from s2s_ft.errors import UsageError
 from s2s_ft.model.transformer import KVCache, UnifiedTransformer
 
@@ -78,6 +79,10 @@ class SearchConfig:
     temperature: float = 1.0
     num_return_sequences: int = 1  # samples per sentence (do_sample only)
     seed: int = 0
+    # a word of several word pieces must be a word of the source (decoding/source_words.py); needs the vocabulary's
+    # continuation-piece ids, which the tokenizer gives (LoadedDecoder fills them in)
+    source_words_only: bool = False
+    continuation_ids: Sequence[int] = ()
 
     def check(self) -> None:
         """UsageError (one line) for an impossible or contradictory setting. The one place search settings are
@@ -117,7 +122,7 @@ class SearchConfig:
 # Every one is a SearchConfig field, except forbid_ignore_word (words, turned into forbid_ignore_ids by a tokenizer).
 SEARCH_OPTIONS = ("beam_size", "length_penalty", "min_len", "max_tgt_length", "forbid_duplicate_ngrams", "ngram_size",
                   "forbid_ignore_word", "nbest", "do_sample", "top_k", "top_p", "temperature", "num_return_sequences",
-                  "seed")
+                  "seed", "source_words_only")
 
 
 def search_config(options: Mapping[str, Any], max_tgt_length: int, ignore: Sequence[int] = ()) -> SearchConfig:
@@ -129,7 +134,8 @@ def search_config(options: Mapping[str, Any], max_tgt_length: int, ignore: Seque
                         forbid_ignore_ids=tuple(ignore), nbest=options["nbest"],
                         use_cache=not options.get("no_cache", False), do_sample=options["do_sample"],
                         top_k=options["top_k"], top_p=options["top_p"], temperature=options["temperature"],
-                        num_return_sequences=options["num_return_sequences"], seed=options["seed"])
+                        num_return_sequences=options["num_return_sequences"], seed=options["seed"],
+                        source_words_only=options.get("source_words_only", False))
 
 
 def check_search_options(options: Mapping[str, Any]) -> None:
@@ -287,7 +293,8 @@ class Seq2SeqDecoder:
         return rows, cache
 
     def _log_probs(self, rows: _Rows, step: int, cache: Optional[KVCache], config: SearchConfig,
-                   never_generated: torch.Tensor, ignore_ids: torch.Tensor) -> torch.Tensor:
+                   never_generated: torch.Tensor, ignore_ids: torch.Tensor,
+                   words: Optional[SourceWords] = None) -> torch.Tensor:
         """[R, V] next-token log-probabilities of every row, banned tokens at -inf."""
         sp = self.special
         step_inputs = self._step_inputs(rows, step)
@@ -306,6 +313,8 @@ class Seq2SeqDecoder:
         if config.forbid_duplicate_ngrams:
             banned = banned_ngram_mask(rows.tokens, log_probs.shape[-1], config.ngram_size, ignore_ids)
             log_probs.masked_fill_(banned, float("-inf"))
+        if words is not None:
+            log_probs.masked_fill_(words.banned(rows.tokens, rows.sentence), float("-inf"))
         return log_probs
 
     def _sentence_step(self, ranked, first_row: int, tokens: torch.Tensor, done: list[Hypothesis], last_step: bool,
@@ -390,14 +399,20 @@ class Seq2SeqDecoder:
         ignore_ids = torch.tensor(list(config.forbid_ignore_ids), dtype=torch.long, device=self.device)
         # Layout tokens are never output (s2s-ft forbids them too); [SEP] ends a hypothesis instead.
         never_generated = torch.tensor(sorted({sp.cls, sp.pad, sp.mask} - {sp.sep}), device=self.device)
+        words = None
+        if config.source_words_only:
+            if not config.continuation_ids:
+                raise UsageError("source_words_only needs the vocabulary's continuation pieces (decode through "
+                                 "LoadedDecoder, or set continuation_ids from decoding.source_words.continuation_ids)")
+            words = SourceWords(sources, config.continuation_ids, self.model.config.vocab_size, self.device)
         if config.do_sample:
-            return self._sample(sources, config, keys, rows, cache, never_generated, ignore_ids, should_stop)
+            return self._sample(sources, config, keys, rows, cache, never_generated, ignore_ids, should_stop, words)
         finished: list[list[Hypothesis]] = [[] for _ in sources]
         k = config.beam_size
         for step in range(config.max_tgt_length):
             stop_if_asked(should_stop)
             beams = 1 if step == 0 else k  # rows per sentence
-            log_probs = self._log_probs(rows, step, cache, config, never_generated, ignore_ids)
+            log_probs = self._log_probs(rows, step, cache, config, never_generated, ignore_ids, words)
             kept = self._choose(rows, log_probs, step + 1 == config.max_tgt_length, config, finished, beams)
             if not kept:
                 break
@@ -418,7 +433,8 @@ class Seq2SeqDecoder:
     # -- sampling --------------------------------------------------------------------------------------------------
     def _sample(self, sources, config: SearchConfig, keys, rows: _Rows, cache: Optional[KVCache],
                 never_generated: torch.Tensor, ignore_ids: torch.Tensor,
-                should_stop: Optional[Callable[[], bool]]) -> list[list[Hypothesis]]:
+                should_stop: Optional[Callable[[], bool]],
+                words: Optional[SourceWords] = None) -> list[list[Hypothesis]]:
         m = config.num_return_sequences
         keys = list(range(len(sources))) if keys is None else list(keys)
         generators = [row_generator(config.seed, keys[i // m], i % m) for i in range(len(sources) * m)]
@@ -426,7 +442,7 @@ class Seq2SeqDecoder:
         found: list[Optional[Hypothesis]] = [None] * (len(sources) * m)
         for step in range(config.max_tgt_length):
             stop_if_asked(should_stop)
-            log_probs = self._log_probs(rows, step, cache, config, never_generated, ignore_ids)
+            log_probs = self._log_probs(rows, step, cache, config, never_generated, ignore_ids, words)
             tokens = sample_tokens(sampling_log_probs(log_probs, config), generators)
             last = step + 1 == config.max_tgt_length
             keep = []
