@@ -10,29 +10,38 @@
 # steps of <= 4,096-token batches, lr 3e-4 with 42 warmup steps, dropout 0, label smoothing 0.1, sources cut at 256
 # word pieces, targets at 48, seed 1. Writes WORK_DIR/model/, WORK_DIR/test.pred.txt, WORK_DIR/test.scores.json.
 # Re-run after an interruption: training resumes exactly, decoding from its last chunk.
-# Overridable: PYTHON, MODEL_DIR, PRECISION, COPY (0: without the copy mechanism), SEED.
+# Overridable: PYTHON, MODEL_DIR, PRECISION, COPY (0: without the copy mechanism), SEED, STEPS (600; warmup stays 7 %),
+# SEARCH_FLAGS (appended to the decoding command, e.g. --source_words_only), SPLITS ("test"; "dev test" decodes and
+# scores the dev abstracts too, to choose on).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/recipe_common.sh"
 COPY="${COPY:-1}"
 SEED="${SEED:-1}"
+STEPS="${STEPS:-600}"
+SEARCH_FLAGS="${SEARCH_FLAGS:-}"
+SPLITS="${SPLITS:-test}"
 for f in train test; do
   [ -f "$DATA/scitldr/$f.jsonl" ] || { echo "error: $DATA/scitldr/$f.jsonl not found" >&2; exit 2; }
 done
 COPY_FLAG=()
 if [ "$COPY" != 0 ]; then COPY_FLAG=(--copy_mechanism); fi
 mkdir -p "$WORK"
-if [ ! -f "$WORK/model/ckpt-600/training_state.pt" ]; then
+if [ ! -f "$WORK/model/ckpt-$STEPS/training_state.pt" ]; then
   "$PYTHON" run_seq2seq.py --model_type bert --model_name_or_path "$MODEL_DIR" --fresh_head_init identity \
     --train_file "$DATA/scitldr/train.jsonl" --output_dir "$WORK/model" --fine_tune pseudo_masked \
     --max_source_seq_length 256 --max_target_seq_length 48 --max_tokens_per_batch 4096 \
-    --learning_rate 3e-4 --num_warmup_steps 42 --num_training_steps 600 --dropout 0 --label_smoothing 0.1 \
+    --learning_rate 3e-4 --num_warmup_steps $((STEPS * 7 / 100)) --num_training_steps "$STEPS" \
+    --dropout 0 --label_smoothing 0.1 \
     --precision "$PRECISION" --seed "$SEED" --save_steps 100 --save_total_limit 1 --logging_steps 50 \
     "${COPY_FLAG[@]}"
 fi
-"$PYTHON" decode_seq2seq.py --model_path "$WORK/model/ckpt-600" --input_file "$DATA/scitldr/test.jsonl" \
-  --output_file "$WORK/test.pred.txt" --precision "$PRECISION" --batch_size 32 --max_tgt_length 48 \
-  --detokenize text --beam_size 5 --length_penalty 1.0 --min_len 15 --forbid_duplicate_ngrams --ngram_size 2 \
-  --resume
-"$PYTHON" -m s2s_ft.cli.evaluate --hyp "$WORK/test.pred.txt" --ref "$DATA/scitldr/test.jsonl" --metrics rouge \
-  --json "$WORK/test.scores.json"
-"$PYTHON" experiments/scitldr_baselines.py "$DATA/scitldr/test.jsonl"
+for split in $SPLITS; do
+  # shellcheck disable=SC2086  # SEARCH_FLAGS is a list of flags
+  "$PYTHON" decode_seq2seq.py --model_path "$WORK/model/ckpt-$STEPS" --input_file "$DATA/scitldr/$split.jsonl" \
+    --output_file "$WORK/$split.pred.txt" --precision "$PRECISION" --batch_size 32 --max_tgt_length 48 \
+    --detokenize text --beam_size 5 --length_penalty 1.0 --min_len 15 --forbid_duplicate_ngrams --ngram_size 2 \
+    --resume $SEARCH_FLAGS
+  "$PYTHON" -m s2s_ft.cli.evaluate --hyp "$WORK/$split.pred.txt" --ref "$DATA/scitldr/$split.jsonl" --metrics rouge \
+    --json "$WORK/$split.scores.json"
+done
+for split in $SPLITS; do "$PYTHON" experiments/scitldr_baselines.py "$DATA/scitldr/$split.jsonl"; done

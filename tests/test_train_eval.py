@@ -109,10 +109,22 @@ def test_evaluation_does_not_change_training(tiny_bert, train_file, dev_file, tm
     assert losses(plain) == losses(evaluated)
 
 
+def test_evaluation_offers_a_heap_trim_after_each_decoding_batch(tiny_bert, train_file, dev_file, tmp_path,
+                                                                 monkeypatch):
+    from s2s_ft.training import memory
+    offered = []
+    monkeypatch.setenv("S2S_FT_TRIM_EVERY", "1000")  # the steps' trims by period, not by growth: counted apart
+    monkeypatch.setattr(memory.HeapTrimmer, "if_grown", lambda self: offered.append(1) or False)
+    assert train.main(eval_args(tiny_bert, train_file, dev_file, tmp_path / "run", "--num_training_steps", "2",
+                                "--save_steps", "2", "--eval_steps", "2", "--eval_max_examples", "0",
+                                "--eval_batch_size", "2")) == 0
+    assert len(offered) == (len(DEV) + 1) // 2  # one evaluation (step 2), four batches of <= 2 sources
+
+
 def scripted_scores(monkeypatch, values):
     """DevEvaluator.scores returns these rougeL values in turn (the real decoding is tested above)."""
     values = iter(values)
-    monkeypatch.setattr(dev_eval.DevEvaluator, "scores", lambda self: {
+    monkeypatch.setattr(dev_eval.DevEvaluator, "scores", lambda self, after_batch=None: {
         "rouge1": 0.0, "rouge2": 0.0, "rougeL": next(values), "bleu": 1.0, "bleu4_tok": 0.0, "n": len(DEV)})
 
 

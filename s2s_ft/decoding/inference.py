@@ -73,7 +73,8 @@ class LoadedDecoder:
     def decode_ids(self, sources: Sequence[Sequence[int]], config: SearchConfig, batch_size: int = 32,
                    progress: bool = False, shard: tuple[int, int] = (0, 1),
                    keys: Optional[Sequence[int]] = None,
-                   should_stop: Optional[Callable[[], bool]] = None) -> list[Optional[list[Hypothesis]]]:
+                   should_stop: Optional[Callable[[], bool]] = None,
+                   after_batch: Optional[Callable[[], object]] = None) -> list[Optional[list[Hypothesis]]]:
         """Hypotheses per source in input order; batches are formed from length-sorted sources.
 
         With ``config.do_sample`` each source's samples are seeded from (``config.seed``, its key, the sample's
@@ -85,6 +86,7 @@ class LoadedDecoder:
         results together are a single process's results, bit for bit.
 
         ``should_stop``: asked before every decoding step; True ends the call with ``DecodingStopped``.
+        ``after_batch``: called after each batch (e.g. to trim the heap during training's dev evaluation).
         """
         if config.source_words_only and not config.continuation_ids:
             config = dataclasses.replace(config, continuation_ids=self.continuation_ids())
@@ -101,6 +103,8 @@ class LoadedDecoder:
                                                                 [keys[i] for i in chunk], should_stop)):
                 results[index] = hyps
             bar.update(len(chunk))
+            if after_batch is not None:
+                after_batch()
         bar.close()
         empty = sum(hyps == [] for hyps in results)
         if empty:  # not a silent blank line: say how many, and why it happens
@@ -108,13 +112,15 @@ class LoadedDecoder:
                         "blocking or the length limit); their outputs are empty", empty, len(sources))
         return results
 
-    def decode_texts(self, sources: Sequence, batch_size: int = 32, **search) -> list[str]:
+    def decode_texts(self, sources: Sequence, batch_size: int = 32,
+                     after_batch: Optional[Callable[[], object]] = None, **search) -> list[str]:
         """The best hypothesis of each source (sampling: the first sample) as text; ``search`` are SearchConfig
         fields, e.g. ``beam_size=5`` or ``do_sample=True, top_p=0.9, temperature=0.8, seed=1``."""
         ids, _ = self.source_ids(sources)
         config = SearchConfig(max_tgt_length=search.pop("max_tgt_length", self.settings["max_target_seq_length"]),
                               **search)
-        return [self.text(hyps[0].tokens) if hyps else "" for hyps in self.decode_ids(ids, config, batch_size)]
+        return [self.text(hyps[0].tokens) if hyps else ""
+                for hyps in self.decode_ids(ids, config, batch_size, after_batch=after_batch)]
 
 
 def load_decoder(path: str, device: Optional[str] = None, precision: str = "fp32",

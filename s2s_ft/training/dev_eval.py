@@ -80,20 +80,23 @@ class DevEvaluator:
         self.best = best
         log.info("best so far: %s %.4f at step %d", best["metric"], best["score"], best["step"])
 
-    def scores(self) -> dict:
+    def scores(self, after_batch: Optional[Callable[[], object]] = None) -> dict:
         model = self.decoder.decoder.model
         rng = rng_state()
         model.eval()
         try:
-            hyps = self.decoder.decode_texts(self.sources, self.batch_size, **self.search)
+            hyps = self.decoder.decode_texts(self.sources, self.batch_size, after_batch=after_batch, **self.search)
         finally:
             model.train()
             restore_rng(rng)
         return metrics.score(hyps, self.refs, self.metrics)
 
-    def __call__(self, step: int) -> dict:
+    def __call__(self, step: int, after_batch: Optional[Callable[[], object]] = None) -> dict:
+        """Evaluate the model as it is at ``step``; ``after_batch`` is called after each decoding batch (the
+        training loop trims the heap there)."""
         start = time.perf_counter()
-        scores = {name: value if name == "n" else round(value, 4) for name, value in self.scores().items()}
+        scores = {name: value if name == "n" else round(value, 4)
+                  for name, value in self.scores(after_batch).items()}
         value = scores[self.metric]
         if self.best is None or value > self.best["score"]:
             self.best = {"step": step, "metric": self.metric, "score": value, "scores": scores,

@@ -376,7 +376,7 @@ def save_and_evaluate(run: Run, trimmer: HeapTrimmer) -> None:
         trimmer.trim_now()
     if eval_due:  # before the save: a run killed in between evaluates this step again when it resumes
         if world.is_main:  # rank 0 decodes the dev sample alone; the others wait at the barrier
-            run.evaluator(step)
+            run.evaluator(step, after_batch=trimmer.if_grown)
             trimmer.trim_now()
         world.barrier()
     if save_due:

@@ -19,7 +19,9 @@ What is done about it, and what was tried (experiments/results/train_memory/):
 * fewer arenas (``M_ARENA_MAX`` 2) alone changed little (2.45 GB at step 60 against 2.72).
 * dev evaluation and checkpoint writing allocate shapes no training step does (decoding batches, the optimizer's
   state serialised): the 2,800-step recipe's peak (3.55 GB) came after such phases, on top of up to a margin of free
-  pages. The loop therefore also trims right before and after each of them (``trim_now``).
+  pages. The loop therefore also trims right before and after each of them (``trim_now``), and between the dev
+  evaluation's decoding batches when the resident set has grown by the margin (``if_grown``): a trim hands the free
+  pages back but the heap's free chunks stay, and decoding's ever-new sizes land in them, faulting them in again.
 Environment switches, for measuring: ``S2S_FT_TRIM_MARGIN_MB`` (the margin), ``S2S_FT_TRIM_EVERY=N`` (a trim every N
 steps instead of the growth trigger; 0 turns trimming off).
 """
@@ -74,12 +76,13 @@ class HeapTrimmer:
         if not self.enabled:
             return False
         if self.every is not None:
-            due = step % self.every == 0
-        else:
-            due = resident_mb() > self.floor_mb + self.margin_mb
-        if not due:
-            return False
-        return self.trim_now()
+            return step % self.every == 0 and self.trim_now()
+        return self.if_grown()
+
+    def if_grown(self) -> bool:
+        """Trim if the resident set has grown by more than the margin since the last trim (also between the dev
+        evaluation's decoding batches); True when it did."""
+        return self.enabled and resident_mb() > self.floor_mb + self.margin_mb and self.trim_now()
 
     def trim_now(self) -> bool:
         """Trim whatever the trigger says: around the rare phases whose allocations differ from a training step's
