@@ -28,7 +28,8 @@ of the next k live beams. At ``max_tgt_length`` every candidate ranked among the
 [SEP] (``Hypothesis.finished`` False). A sentence stops as soon as it holds k finished hypotheses ("early stop",
 fairseq's rule and HF's ``early_stopping=True``): with a length penalty (alpha > 0) a live beam could still have
 finished later with a better normalised score; like fairseq we do not wait for it. A sentence whose candidates
-are all banned (min_len, n-gram blocking, layout tokens, ``source_words_only``) stops with what it has, possibly nothing.
+are all banned (min_len, n-gram blocking, layout tokens, ``source_words_only``) stops with what it has, possibly
+nothing.
 
 Sampling (``do_sample``) runs on the same cached step (``_log_probs``: the same constraints) with
 ``num_return_sequences`` independent rows per sentence. Each step's constrained log-probs are divided by
