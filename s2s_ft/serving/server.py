@@ -11,7 +11,8 @@ answers JSON over HTTP (FastAPI + uvicorn + prometheus-client, the ``serve`` ext
   ride along in the same object; those not given take the server's flags. With nbest or num_return_sequences > 1 a
   source's output is a list of strings. Sampling seeds from (seed, the source's position in its request, sample
   index), so a request's samples do not depend on what it was batched with; a sampling request without a ``seed``
-  gets a random one, and every sampling answer says its seed (``{"output": ..., "seed": N}``) so the samples can be drawn again.
+  gets a random one, and every sampling answer says its seed (``{"output": ..., "seed": N}``) so the samples can be
+  drawn again.
 * ``GET /health``: 200 ``{"status": "ok"}`` while requests can be decoded; 503 once the decoding thread has
   stopped or the server is shutting down (a load balancer stops sending). ``GET /metrics``: Prometheus text.
 * Dynamic batching (``Batcher``): requests are collected until the oldest has waited ``--batch_window_ms`` or
