@@ -44,8 +44,8 @@ def copy_mixture_token_losses(model, hidden, predicted, targets, input_ids, copy
     keys = model.copy.source_keys(hidden)  # every column's key; only the copyable ones are attended
     copy_scores = model.copy.scores(hidden, keys)[predicted]  # [N, L]: each prediction over its own row
     states = hidden[predicted]
-    vocab = torch.log_softmax(model.head(states).float(), -1)
-    picked = vocab.gather(1, torch.cat([targets[:, None], source_ids], 1))  # one gather: one [N, V] backward
+    logits = model.head(states)
+    picked, vocab_mean = LogSoftmaxPicks.apply(logits, torch.cat([targets[:, None], source_ids], 1))
     vocab_at_target, vocab_at_columns = picked[:, 0], picked[:, 1:]
     log_vocab_share, column, same_word = model.copy.mixture(states, vocab_at_columns, copy_scores, source_ids,
                                                             row_copyable)
@@ -54,5 +54,36 @@ def copy_mixture_token_losses(model, hidden, predicted, targets, input_ids, copy
     target_log_prob = torch.where(is_target.any(-1), column.masked_fill(~is_target, float("-inf")).amax(-1),
                                   log_vocab_share[:, 0] + vocab_at_target)
     gain = ((column - outside) / same_word.clamp_min(1)).masked_fill(~row_copyable, 0.0).sum(-1)
-    mean_log_prob = log_vocab_share[:, 0] + vocab.mean(-1) + gain / vocab.shape[-1]
+    mean_log_prob = log_vocab_share[:, 0] + vocab_mean + gain / logits.shape[-1]
     return -(1.0 - label_smoothing) * target_log_prob - label_smoothing * mean_log_prob
+
+
+class LogSoftmaxPicks(torch.autograd.Function):
+    """``log_softmax(logits)`` (in fp32) at some columns of each row, and its mean over the row, without keeping the
+    [N, V] log-softmax for the backward pass. Autograd's composition (log_softmax, gather, mean, .float()) spends
+    seven [N, V] passes in backward (a zero fill for the gather, the mean's broadcast, their sum, the softmax, ...);
+    the closed form needs the softmax and two in-place passes:
+      d/dz = scatter(g_picked) + g_mean / V - softmax(z) * (sum(g_picked) + g_mean).
+    It keeps the logits in their own dtype (bf16 under autocast: half of the fp32 tensor autograd kept)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, columns: torch.Tensor):
+        log_probs = torch.log_softmax(logits, -1, dtype=torch.promote_types(logits.dtype, torch.float32))
+        picked = log_probs.gather(1, columns)
+        log_normalizer = logits[:, 0].to(log_probs.dtype) - log_probs[:, 0]
+        ctx.save_for_backward(logits, columns, log_normalizer)
+        return picked, log_probs.mean(-1)
+
+    @staticmethod
+    def backward(ctx, grad_picked: Optional[torch.Tensor], grad_mean: Optional[torch.Tensor]):
+        logits, columns, log_normalizer = ctx.saved_tensors
+        rows = logits.shape[0]
+        if grad_picked is None:
+            grad_picked = logits.new_zeros(columns.shape, dtype=torch.float32)
+        if grad_mean is None:
+            grad_mean = logits.new_zeros(rows, dtype=torch.float32)
+        total = grad_picked.sum(-1) + grad_mean
+        grad = torch.sub(logits, log_normalizer[:, None]).exp_()  # the softmax, in fp32 (type promotion)
+        grad.mul_(-total[:, None]).add_((grad_mean / logits.shape[-1])[:, None])
+        grad.scatter_add_(1, columns, grad_picked.to(grad.dtype))
+        return grad.to(logits.dtype), None
