@@ -9,6 +9,7 @@ The command line (``s2s-ft-decode``, ``decode_seq2seq.py``) is s2s_ft/cli/decode
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Callable, Optional, Sequence
 
@@ -64,11 +65,10 @@ class LoadedDecoder:
             raise UsageError(f"the longest source ({needed - 2 - max_tgt_length} tokens) plus {max_tgt_length} "
                              f"target tokens needs {needed} positions; the checkpoint has {usable} ({remedy})")
 
+    @functools.cached_property
     def continuation_ids(self) -> list[int]:
-        """The tokenizer's word-continuation pieces (``source_words_only``); computed once."""
-        if not hasattr(self, "_continuation_ids"):
-            self._continuation_ids = continuation_ids(self.tokenizer)
-        return self._continuation_ids
+        """The tokenizer's word-continuation pieces (``source_words_only``); computed on first use."""
+        return continuation_ids(self.tokenizer)
 
     def decode_ids(self, sources: Sequence[Sequence[int]], config: SearchConfig, batch_size: int = 32,
                    progress: bool = False, shard: tuple[int, int] = (0, 1),
@@ -89,7 +89,7 @@ class LoadedDecoder:
         ``after_batch``: called after each batch (e.g. to trim the heap during training's dev evaluation).
         """
         if config.source_words_only and not config.continuation_ids:
-            config = dataclasses.replace(config, continuation_ids=self.continuation_ids())
+            config = dataclasses.replace(config, continuation_ids=self.continuation_ids)
         config.check()
         self.check_position_budget(sources, config.max_tgt_length)
         keys = list(range(len(sources))) if keys is None else list(keys)
