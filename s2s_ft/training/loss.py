@@ -59,10 +59,10 @@ def copy_mixture_token_losses(model, hidden, predicted, targets, input_ids, copy
 
 
 class LogSoftmaxPicks(torch.autograd.Function):
-    """``log_softmax(logits)`` (in fp32) at some columns of each row, and its mean over the row, without keeping the
-    [N, V] log-softmax for the backward pass. Autograd's composition (log_softmax, gather, mean, .float()) spends
-    seven [N, V] passes in backward (a zero fill for the gather, the mean's broadcast, their sum, the softmax, ...);
-    the closed form needs the softmax and two in-place passes:
+    """``log_softmax(logits)`` (in fp32 at least) at some columns of each row, and its mean over the row, without
+    keeping the [N, V] log-softmax for the backward pass. Autograd's composition (log_softmax, gather, mean, .float())
+    spends several [N, V] passes in backward (a zero fill for the gather, the mean's broadcast, their sum, the
+    softmax, ...); the closed form needs the softmax and two in-place passes:
       d/dz = scatter(g_picked) + g_mean / V - softmax(z) * (sum(g_picked) + g_mean).
     It keeps the logits in their own dtype (bf16 under autocast: half of the fp32 tensor autograd kept)."""
 
@@ -77,11 +77,10 @@ class LogSoftmaxPicks(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_picked: Optional[torch.Tensor], grad_mean: Optional[torch.Tensor]):
         logits, columns, log_normalizer = ctx.saved_tensors
-        rows = logits.shape[0]
-        if grad_picked is None:
-            grad_picked = logits.new_zeros(columns.shape, dtype=torch.float32)
+        if grad_picked is None:  # an output the loss did not use
+            grad_picked = log_normalizer.new_zeros(columns.shape)
         if grad_mean is None:
-            grad_mean = logits.new_zeros(rows, dtype=torch.float32)
+            grad_mean = torch.zeros_like(log_normalizer)
         total = grad_picked.sum(-1) + grad_mean
         grad = torch.sub(logits, log_normalizer[:, None]).exp_()  # the softmax, in fp32 (type promotion)
         grad.mul_(-total[:, None]).add_((grad_mean / logits.shape[-1])[:, None])
