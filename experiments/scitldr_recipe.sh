@@ -14,7 +14,8 @@
 # Re-run after an interruption: training resumes exactly, decoding from its last chunk.
 # Overridable: PYTHON, MODEL_DIR, PRECISION, COPY (0: without the copy mechanism), SEED, STEPS (1000), SEARCH_FLAGS
 # (appended to the decoding command; default --source_words_only, "" for a free search), SPLITS ("test"; "dev test"
-# decodes and scores the dev abstracts too, to choose on).
+# decodes and scores the dev abstracts too, to choose on), GUIDE (1: train and decode on contribution-first sources,
+# experiments/scitldr_guided.py, written to WORK_DIR/sources/).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/recipe_common.sh"
 COPY="${COPY:-1}"
@@ -22,15 +23,24 @@ SEED="${SEED:-1}"
 STEPS="${STEPS:-1000}"
 SEARCH_FLAGS="${SEARCH_FLAGS---source_words_only}"
 SPLITS="${SPLITS:-test}"
+GUIDE="${GUIDE:-0}"
 for f in train test; do
   [ -f "$DATA/scitldr/$f.jsonl" ] || { echo "error: $DATA/scitldr/$f.jsonl not found" >&2; exit 2; }
 done
 COPY_FLAG=()
 if [ "$COPY" != 0 ]; then COPY_FLAG=(--copy_mechanism); fi
 mkdir -p "$WORK"
+SOURCES="$DATA/scitldr"
+if [ "$GUIDE" != 0 ]; then
+  SOURCES="$WORK/sources"
+  mkdir -p "$SOURCES"
+  for split in train $SPLITS; do
+    "$PYTHON" experiments/scitldr_guided.py "$DATA/scitldr/$split.jsonl" "$SOURCES/$split.jsonl"
+  done
+fi
 if [ ! -f "$WORK/model/ckpt-$STEPS/training_state.pt" ]; then
   "$PYTHON" run_seq2seq.py --model_type bert --model_name_or_path "$MODEL_DIR" --fresh_head_init identity \
-    --train_file "$DATA/scitldr/train.jsonl" --output_dir "$WORK/model" --fine_tune pseudo_masked \
+    --train_file "$SOURCES/train.jsonl" --output_dir "$WORK/model" --fine_tune pseudo_masked \
     --max_source_seq_length 256 --max_target_seq_length 48 --max_tokens_per_batch 4096 \
     --learning_rate 3e-4 --num_warmup_steps $((STEPS * 7 / 100)) --num_training_steps "$STEPS" \
     --dropout 0 --label_smoothing 0.1 \
@@ -39,7 +49,7 @@ if [ ! -f "$WORK/model/ckpt-$STEPS/training_state.pt" ]; then
 fi
 for split in $SPLITS; do
   # shellcheck disable=SC2086  # SEARCH_FLAGS is a list of flags
-  "$PYTHON" decode_seq2seq.py --model_path "$WORK/model/ckpt-$STEPS" --input_file "$DATA/scitldr/$split.jsonl" \
+  "$PYTHON" decode_seq2seq.py --model_path "$WORK/model/ckpt-$STEPS" --input_file "$SOURCES/$split.jsonl" \
     --output_file "$WORK/$split.pred.txt" --precision "$PRECISION" --batch_size 32 --max_tgt_length 48 \
     --detokenize text --beam_size 5 --length_penalty 1.0 --min_len 15 --forbid_duplicate_ngrams --ngram_size 2 \
     --resume $SEARCH_FLAGS

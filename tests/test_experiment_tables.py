@@ -240,3 +240,12 @@ def test_report_only_tables_the_done_units_and_runs_nothing(tmp_path, capsys):
     assert "not done, left out: squad_qg masked seed 1 (partly trained)" in capsys.readouterr().out
     assert sorted(p.name for p in partly.iterdir()) == ["train_log.jsonl"]  # nothing trained
     assert not (work / "squad_qg" / "eval.grouped.all.jsonl").exists()  # nor the evaluation file rewritten
+
+
+def test_contribution_first_moves_the_heuristic_sentence_to_the_front_and_keeps_every_sentence():
+    guided = load_script("experiments", "scitldr_guided")
+    abstract = "Deep nets are big. They are slow!  We propose a pruning rule. It halves the cost. This paper also shows X."
+    assert guided.contribution_first(abstract) == (
+        "We propose a pruning rule. Deep nets are big. They are slow! It halves the cost. This paper also shows X.")
+    assert guided.contribution_first("No claim here. Nor here.") == "No claim here. Nor here."  # none found
+    assert guided.contribution_first("We show A. Then B.") == "We show A. Then B."  # already first
