@@ -79,9 +79,9 @@ def train_seconds(path: str) -> float:
         return round(sum(json.loads(line)["seconds"] for line in handle if line.strip()), 1)
 
 
-def format_table(report: dict) -> str:
+def format_table(report: dict, grouped_file: str = "") -> str:
     rows = [("model", report)] + list(report["baselines"].items())
-    lines = [f"{report['n']} distinct dev sentences, all their questions as references",
+    lines = [f"{grouped_file or 'grouped file'}: {report['n']} distinct sentences, all their questions as references",
              f"{'':38s} {'BLEU-4':>7s} {'METEOR':>7s} {'ROUGE-L':>8s} {'sacreBLEU':>9s} {'distinct':>9s} "
              f"{'src word':>9s} {'unsupp.':>8s} {'number':>7s} {'repeat':>7s}"]
     for name, row in rows:
@@ -132,7 +132,7 @@ def main(argv=None) -> None:
     if args.train_log:
         report["train_seconds"] = train_seconds(args.train_log)
     write_atomic(args.json, json.dumps(report, indent=2) + "\n")
-    print(format_table(report))
+    print(format_table(report, args.grouped_file))
 
 
 if __name__ == "__main__":
