@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--num_training_steps", type=int, default=DEFAULTS.num_training_steps, help="optimizer steps (takes priority over epochs)")
     add("--num_training_epochs", type=float, default=DEFAULTS.num_training_epochs)
     add("--num_warmup_steps", type=int, default=DEFAULTS.num_warmup_steps, help="linear warmup, then linear decay to 0")
+    add("--max_train_minutes", type=float, default=DEFAULTS.max_train_minutes,
+        help="end the run within this many minutes of training (steps, saves, evaluations; not the start-up): the "
+             "run measures its speed and moves the linear decay's end there; --num_training_steps (or epochs) "
+             "stays the upper bound; 0: off")
     add("--label_smoothing", type=float, default=DEFAULTS.label_smoothing)
     add("--target_mask_prob", type=float, default=DEFAULTS.target_mask_prob,
         help="masked: ratio of target tokens predicted; pseudo_masked: word-drop probability of real targets")
@@ -122,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep only the newest N complete ckpt-* dirs (older ones are deleted after each successful save)")
     add("--allow_changed_flags", action="store_true",
         help="on resume, accept new values of the flags that may change within a run (--num_training_steps, "
-             "--num_warmup_steps, --save_steps, --save_total_limit, --logging_steps, --max_bad_steps, --eval_*); "
+             "--num_warmup_steps, --max_train_minutes, --save_steps, --save_total_limit, --logging_steps, "
+             "--max_bad_steps, --eval_*); "
              "without it a restart with any changed setting is refused (README: What a restart does)")
     add("--max_bad_steps", type=int, default=DEFAULTS.max_bad_steps,
         help="stop after this many consecutive steps with a non-finite loss or gradient (each is skipped)")
@@ -233,7 +238,8 @@ def _check_optimisation(args: argparse.Namespace) -> None:
         raise UsageError(f"--save_total_limit must be >= 1, got {args.save_total_limit}")
     if args.num_training_steps == 0 or (args.num_training_steps < 0 and args.num_training_epochs <= 0):
         raise UsageError("nothing to train: give --num_training_steps > 0 or --num_training_epochs > 0")
-    for name in ("learning_rate", "adam_epsilon", "weight_decay", "num_warmup_steps", "dropout_from_step"):
+    for name in ("learning_rate", "adam_epsilon", "weight_decay", "num_warmup_steps", "dropout_from_step",
+                 "max_train_minutes"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if not 0 <= args.label_smoothing < 1 or not 0 <= args.target_mask_prob <= 1:

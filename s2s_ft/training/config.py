@@ -61,6 +61,7 @@ class TrainingConfig:
     num_training_steps: int = -1  # <= 0: from num_training_epochs, once the data is read
     num_training_epochs: float = 10
     num_warmup_steps: int = 0
+    max_train_minutes: float = 0.0  # > 0: the schedule ends within this much training time (time_budget.py)
     label_smoothing: float = 0.1
     max_bad_steps: int = 10
     seed: int = 42

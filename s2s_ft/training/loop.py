@@ -49,6 +49,7 @@ from s2s_ft.training.objectives import (
 from s2s_ft.training.optim import make_optimizer
 from s2s_ft.training.restart import run_identity
 from s2s_ft.training.rng import restore_rng, rng_state
+from s2s_ft.training.time_budget import TimeBudget
 
 log = logging.getLogger("s2s_ft")
 
@@ -72,6 +73,8 @@ class Run:
     evaluator: Optional[DevEvaluator] = None
     identity: dict = field(default_factory=dict)  # what each checkpoint records about this run (s2s_ft/training/restart.py)
     step: int = 0
+    planned_steps: int = 0  # the schedule's last step: --num_training_steps, or less under --max_train_minutes
+    budget: Optional[TimeBudget] = None  # --max_train_minutes
     bad_streak: int = 0  # consecutive steps with a non-finite loss or gradient
     last_saved: Optional[str] = None
     forward: object = None  # the model, or its torch.compile'd forward
@@ -186,16 +189,25 @@ def resume(run: Run) -> None:
     recorded (invocations.jsonl)."""
     config, world = run.config, run.world
     run.last_saved = rundir.latest_checkpoint(config.output_dir)
+    run.planned_steps = config.num_training_steps
     if run.last_saved:
         state = rundir.resume_training(run.last_saved, run.identity, config.allow_changed_flags, run.model,
                                        run.optimizer, run.scheduler, run.scaler)
         run.step, run.bad_streak = state["step"], state.get("bad_streak", 0)
+        if config.max_train_minutes and "planned_steps" in state:  # the budget's plan so far, within today's bound
+            run.planned_steps = max(run.step, min(state["planned_steps"], config.num_training_steps))
         if run.evaluator:
             run.evaluator.resume()
+    schedule = run.scheduler.lr_lambdas[0]  # these flags may have changed (--allow_changed_flags): today's values
+    schedule.warmup, schedule.total = config.num_warmup_steps, run.planned_steps
     if world.is_main:
         for name in (rundir.TRAIN_LOG, rundir.EVAL_LOG):
             rundir.drop_log_records_after(os.path.join(config.output_dir, name), run.step)
         rundir.record_invocation(config, run.last_saved, run.step)
+    if config.max_train_minutes:  # time already used: what the log holds up to the resumed step
+        used = rundir.logged_seconds(config.output_dir) if world.is_main else 0.0
+        run.budget = TimeBudget(config.max_train_minutes, config.num_training_steps,
+                                config.eval_steps if run.evaluator else None, run.step, world.broadcast_object(used))
 
 
 def log_start(run: Run, per_step: float) -> None:
@@ -229,11 +241,11 @@ def train(config: TrainingConfig, world: World) -> str:
         log.setLevel(logging.WARNING)
     run = start_run(config, world)
     config = run.config  # with the number of steps resolved
-    progress = tqdm(total=config.num_training_steps, initial=run.step, desc="train",
+    progress = tqdm(total=run.planned_steps, initial=run.step, desc="train",
                     disable=None if world.is_main else True)
     window = LogWindow()
     trimmer = HeapTrimmer()
-    while run.step < config.num_training_steps:
+    while run.step < run.planned_steps:
         run.model.set_dropout(run.step >= config.dropout_from_step)  # a function of the step: resumes exactly
         grad_norm, bad_loss, bad, epoch = train_step(run, window)
         run.step += 1
@@ -241,8 +253,10 @@ def train(config: TrainingConfig, world: World) -> str:
         rundir.hook_delay(rundir.STEP_DELAY_ENV)
         trimmer.after_step(run.step)  # resident memory back near what is live when it grew (memory.py: why)
         count_bad_step(run, bad, bad_loss, window)
-        if run.step % config.logging_steps == 0 or run.step == config.num_training_steps:
+        if run.step % config.logging_steps == 0 or run.step == run.planned_steps:
             record = window.record(run.step, epoch, run.scheduler.get_last_lr()[0], float(grad_norm))
+            if run.budget:
+                replan(run, record, progress)
             if world.is_main:
                 rundir.append_record(os.path.join(config.output_dir, rundir.TRAIN_LOG), record)
             progress.set_postfix(loss=record["loss"], lr=f"{record['lr']:.2e}")
@@ -360,12 +374,27 @@ class LogWindow:
         return record
 
 
+def replan(run: Run, record: dict, progress) -> None:
+    """--max_train_minutes: move the schedule's last step to where the budget ends (time_budget.py: how). Rank 0
+    plans and every rank follows; the record shows the plan."""
+    run.budget.window(record["step"], record["seconds"])
+    plan = run.world.broadcast_object(run.budget.replan(run.step, run.planned_steps))
+    if plan != run.planned_steps:
+        if abs(plan - run.planned_steps) * 50 >= run.planned_steps or plan == run.step:  # a 2 % move is news
+            log.info("step %d: --max_train_minutes %g: %d steps planned (%.3f s per step, %.1f min used)", run.step,
+                     run.config.max_train_minutes, plan, run.budget.seconds_per_step(), run.budget.used_s / 60)
+        run.planned_steps = run.scheduler.lr_lambdas[0].total = plan
+        progress.total = plan
+        progress.refresh()
+    record["planned_steps"] = plan
+
+
 # ---------------------------------------------------------------------------------------------------- saving
 def save_and_evaluate(run: Run, trimmer: HeapTrimmer) -> None:
     """Evaluate (--eval_steps) and save (--save_steps) when due, and always at the last step; the heap is trimmed
     before and after either (memory.py: why)."""
     config, world, step = run.config, run.world, run.step
-    last = step == config.num_training_steps
+    last = step == run.planned_steps
     save_due = step % config.save_steps == 0 or last
     eval_due = run.evaluator is not None and (step % config.eval_steps == 0 or last)
     if save_due or eval_due:
@@ -375,10 +404,13 @@ def save_and_evaluate(run: Run, trimmer: HeapTrimmer) -> None:
                                   f"checkpoint: {run.last_saved or 'none'}")
         trimmer.trim_now()
     if eval_due:  # before the save: a run killed in between evaluates this step again when it resumes
+        started = time.perf_counter()
         if world.is_main:  # rank 0 decodes the dev sample alone; the others wait at the barrier
             run.evaluator(step, after_batch=trimmer.if_grown)
             trimmer.trim_now()
         world.barrier()
+        if run.budget:
+            run.budget.evaluated(time.perf_counter() - started)
     if save_due:
         run.last_saved = rundir.checkpoint_path(config.output_dir, step)
         rng = {"per_rank": {r: s for states in world.gather_objects(rng_state()["per_rank"])
@@ -387,7 +419,8 @@ def save_and_evaluate(run: Run, trimmer: HeapTrimmer) -> None:
         if world.is_main:
             run.save(run.last_saved, {
                 "step": step, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-                "scaler": run.scaler.state_dict(), "rng": rng, "bad_streak": run.bad_streak, "run": run.identity})
+                "scaler": run.scaler.state_dict(), "rng": rng, "bad_streak": run.bad_streak, "run": run.identity,
+                "planned_steps": run.planned_steps})
             log.info("saved %s", run.last_saved)
             rundir.prune_checkpoints(config.output_dir, config.save_total_limit, keep=run.last_saved)
             trimmer.trim_now()

@@ -2,7 +2,7 @@
 
 AdamW with BERT's weight-decay rule (no decay on biases and LayerNorm weights, the 1-D parameters); a linear warmup
 over ``num_warmup_steps`` (step 0 already trains: HF's schedule would give it lr 0), then a linear decay to 0 at
-``num_training_steps``.
+``num_training_steps`` (``WarmupLinearDecay``; its last step can be moved during a run).
 """
 from __future__ import annotations
 
@@ -18,14 +18,21 @@ def make_optimizer(model: torch.nn.Module, *, learning_rate: float, weight_decay
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=learning_rate, eps=adam_epsilon, fused=_fused_supported(model))
-    warmup, total = num_warmup_steps, num_training_steps
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                        WarmupLinearDecay(num_warmup_steps, num_training_steps))
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup  # step 0 already trains (HF's schedule would give lr 0 there)
-        return max(0.0, (total - step) / max(1, total - warmup))
 
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+class WarmupLinearDecay:
+    """The learning-rate factor of a step. ``total`` may move during a run (--max_train_minutes re-plans it), and
+    a resumed run sets ``warmup`` and ``total`` again after loading the scheduler's state (which saves them too)."""
+
+    def __init__(self, warmup: int, total: int):
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup  # step 0 already trains (HF's schedule would give lr 0 there)
+        return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
 
 
 def _fused_supported(model: torch.nn.Module) -> bool:

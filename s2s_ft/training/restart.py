@@ -27,9 +27,9 @@ RUN_FLAGS = ("model_type", "model_name_or_path", "config_name", "fresh_head_init
              "per_device_train_batch_size", "world_size", "gradient_accumulation_steps", "max_tokens_per_batch",
              "learning_rate", "weight_decay", "adam_epsilon", "max_grad_norm", "label_smoothing", "target_mask_prob",
              "random_prob", "keep_prob", "seed", "precision")
-RESTART_FLAGS = ("num_training_steps", "num_warmup_steps", "save_steps", "save_total_limit", "logging_steps",
-                 "max_bad_steps", "eval_file", "eval_steps", "eval_max_examples", "eval_metric", "eval_metrics",
-                 "eval_beam_size", "eval_max_tgt_length", "eval_batch_size", "detokenize")
+RESTART_FLAGS = ("num_training_steps", "num_warmup_steps", "max_train_minutes", "save_steps", "save_total_limit",
+                 "logging_steps", "max_bad_steps", "eval_file", "eval_steps", "eval_max_examples", "eval_metric",
+                 "eval_metrics", "eval_beam_size", "eval_max_tgt_length", "eval_batch_size", "detokenize")
 CONTENT_FLAGS = {"train_file": "content", "tokenizer_name": "files"}  # recorded as a hash of what they name
 
 

@@ -147,6 +147,21 @@ def drop_log_records_after(path: str, step: int) -> None:
     write_atomic(path, "".join(kept))
 
 
+def logged_seconds(output_dir: str) -> float:
+    """Training time train_log.jsonl holds: the sum of its windows' ``seconds`` (steps, saves, evaluations)."""
+    path = os.path.join(output_dir, TRAIN_LOG)
+    if not os.path.isfile(path):
+        return 0.0
+    total = 0.0
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                total += float(json.loads(line)["seconds"]) if line.strip() else 0.0
+            except (ValueError, KeyError, TypeError):  # a record cut short by a kill
+                continue
+    return total
+
+
 def append_record(path: str, record: dict) -> None:
     with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
