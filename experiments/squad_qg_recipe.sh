@@ -12,7 +12,9 @@
 # (grouped-reference BLEU-4 / METEOR / ROUGE-L / sacreBLEU, `distinct` and `source_overlap` as fractions,
 # `train_seconds`, and the same figures for the baselines). Re-run the same command after an interruption:
 # training resumes exactly from its last checkpoint, decoding from its last finished chunk.
-# Overridable: PYTHON, MODEL_DIR (default: the pip-installed all-MiniLM-L6-v2), STEPS, SEED, PRECISION,
+# Overridable: PYTHON, MODEL_DIR (default: the pip-installed all-MiniLM-L6-v2), STEPS, MINUTES (58: the training's
+# wall-clock budget, --max_train_minutes: on a machine too slow for STEPS in that time the schedule ends earlier;
+# 0: off), SEED, PRECISION,
 # DROPOUT_FROM_STEP (late dropout: none before this step; 0 turns it off), DATASET (default squad_qg_du, Du et al.'s
 # full three-way split; squad_qg is the older 11,877-pair training file, which IS squad_qg_du's test split),
 # COPY (0: without the copy mechanism), EXTRA_TRAIN_FLAGS (appended to the training command), EVAL_SAMPLE (0: no
@@ -21,6 +23,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/recipe_common.sh"
 STEPS="${STEPS:-2800}"
+MINUTES="${MINUTES:-58}"
 SEED="${SEED:-1}"
 DROPOUT_FROM_STEP="${DROPOUT_FROM_STEP:-800}"
 DATASET="${DATASET:-squad_qg_du}"
@@ -48,17 +51,20 @@ if [ "$EVAL_SAMPLE" != 0 ]; then
   EVAL_FLAGS=(--eval_file "$WORK/dev.sample.jsonl" --eval_max_examples 0 --eval_steps "$EVAL_STEPS" --detokenize ptb
               --eval_metric bleu4_tok --eval_metrics bleu,rouge --eval_batch_size 64)
 fi
-if [ ! -f "$WORK/model/ckpt-$STEPS/training_state.pt" ]; then
-  # shellcheck disable=SC2086  # EXTRA_TRAIN_FLAGS is a list of flags
-  "$PYTHON" run_seq2seq.py \
-    --model_type bert --model_name_or_path "$MODEL_DIR" --fresh_head_init identity \
-    --train_file "$DATA/$DATASET/train.jsonl" --output_dir "$WORK/model" --fine_tune pseudo_masked \
-    --max_source_seq_length 96 --max_target_seq_length 32 \
-    --max_tokens_per_batch 2400 --learning_rate 5e-4 --num_warmup_steps 200 \
-    --num_training_steps "$STEPS" --precision "$PRECISION" --seed "$SEED" --dropout_from_step "$DROPOUT_FROM_STEP" \
-    --logging_steps 25 --save_steps 200 --save_total_limit 2 "${EVAL_FLAGS[@]}" $EXTRA_TRAIN_FLAGS
-fi
+# A finished run resumes as a no-op (a few seconds of start-up), so a re-run after an interruption goes on from here.
+# shellcheck disable=SC2086  # EXTRA_TRAIN_FLAGS is a list of flags
+"$PYTHON" run_seq2seq.py \
+  --model_type bert --model_name_or_path "$MODEL_DIR" --fresh_head_init identity \
+  --train_file "$DATA/$DATASET/train.jsonl" --output_dir "$WORK/model" --fine_tune pseudo_masked \
+  --max_source_seq_length 96 --max_target_seq_length 32 \
+  --max_tokens_per_batch 2400 --learning_rate 5e-4 --num_warmup_steps 200 \
+  --num_training_steps "$STEPS" --precision "$PRECISION" --seed "$SEED" --dropout_from_step "$DROPOUT_FROM_STEP" \
+  --max_train_minutes "$MINUTES" \
+  --logging_steps 25 --save_steps 200 --save_total_limit 2 "${EVAL_FLAGS[@]}" $EXTRA_TRAIN_FLAGS
 
+# The last checkpoint: ckpt-$STEPS, or an earlier one where the time budget ended the run.
+FINAL="$("$PYTHON" -c 'import sys; from s2s_ft.training.rundir import latest_checkpoint as last; print(last(sys.argv[1]))' \
+  "$WORK/model")"
 SPLITS=(dev)
 if [ "$TEST" != 0 ]; then
   [ -f "$DATA/$DATASET/test.jsonl" ] || { echo "error: $DATA/$DATASET/test.jsonl not found" >&2; exit 2; }
@@ -67,7 +73,7 @@ if [ "$TEST" != 0 ]; then
 fi
 for split in "${SPLITS[@]}"; do
   "$PYTHON" decode_seq2seq.py \
-    --model_path "$WORK/model/ckpt-$STEPS" --input_file "$WORK/$split.grouped.jsonl" \
+    --model_path "$FINAL" --input_file "$WORK/$split.grouped.jsonl" \
     --output_file "$WORK/$split.pred.txt" \
     --precision "$PRECISION" --batch_size 64 --beam_size 5 --length_penalty 2.0 --min_len 6 --max_tgt_length 32 \
     --forbid_duplicate_ngrams --ngram_size 3 --detokenize ptb --resume

@@ -217,6 +217,9 @@ def log_start(run: Run, per_step: float) -> None:
              config.fine_tune, config.num_training_steps, f"{per_step:.4g}" if budget else per_step,
              f"<= {config.max_tokens_per_batch} tokens" if budget else config.per_device_train_batch_size,
              config.gradient_accumulation_steps, config.precision, config.device, run.model.num_parameters() / 1e6)
+    if config.max_train_minutes:
+        log.info("--max_train_minutes %g: the decay ends where the budget does (planned: step %d; %.1f min used)",
+                 config.max_train_minutes, run.planned_steps, run.budget.used_s / 60)
     if config.lora_rank:
         trained = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
         log.info("LoRA rank %d (alpha %g): %.2fM of %.1fM parameters trained (%.1f %%)", config.lora_rank,
