@@ -22,7 +22,7 @@
 # nltk is not installed), TEST.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/recipe_common.sh"
-STEPS="${STEPS:-2800}"
+STEPS="${STEPS:-3600}"
 MINUTES="${MINUTES:-58}"
 SEED="${SEED:-1}"
 DROPOUT_FROM_STEP="${DROPOUT_FROM_STEP:-800}"
