@@ -31,6 +31,7 @@ from output_diagnostics import faithfulness, shares_source_word  # noqa: E402  (
 from s2s_ft.data.reading import DataError  # noqa: E402
 from s2s_ft.evaluation.metrics import read_dev_examples, read_hypotheses, score  # noqa: E402
 from s2s_ft.fileio import write_atomic  # noqa: E402
+from s2s_ft.training.rundir import logged_seconds  # noqa: E402
 
 METRICS = ("bleu", "meteor", "rouge")
 REPORTED = ("bleu4_tok", "meteor", "rougeL", "bleu")
@@ -75,8 +76,7 @@ def scores_of(outputs: list[str], sources: list[str], refs: list[list[str]]) -> 
 def train_seconds(path: str) -> float:
     """Training wall time from a run's train_log.jsonl: the sum of its logging windows (the steps and any dev
     evaluation, not the start-up). After a resume the log holds each step once, so a kill costs nothing here."""
-    with open(path, encoding="utf-8") as handle:
-        return round(sum(json.loads(line)["seconds"] for line in handle if line.strip()), 1)
+    return round(logged_seconds(path), 1)
 
 
 def format_table(report: dict, grouped_file: str = "") -> str:

@@ -205,7 +205,7 @@ def resume(run: Run) -> None:
             rundir.drop_log_records_after(os.path.join(config.output_dir, name), run.step)
         rundir.record_invocation(config, run.last_saved, run.step)
     if config.max_train_minutes:  # time already used: what the log holds up to the resumed step
-        used = rundir.logged_seconds(config.output_dir) if world.is_main else 0.0
+        used = rundir.logged_seconds(os.path.join(config.output_dir, rundir.TRAIN_LOG)) if world.is_main else 0.0
         run.budget = TimeBudget(config.max_train_minutes, config.num_training_steps,
                                 config.eval_steps if run.evaluator else None, run.step, world.broadcast_object(used))
 

@@ -147,9 +147,8 @@ def drop_log_records_after(path: str, step: int) -> None:
     write_atomic(path, "".join(kept))
 
 
-def logged_seconds(output_dir: str) -> float:
-    """Training time train_log.jsonl holds: the sum of its windows' ``seconds`` (steps, saves, evaluations)."""
-    path = os.path.join(output_dir, TRAIN_LOG)
+def logged_seconds(path: str) -> float:
+    """Training time a train_log.jsonl holds: the sum of its windows' ``seconds`` (steps, saves, evaluations)."""
     if not os.path.isfile(path):
         return 0.0
     total = 0.0
