@@ -12,7 +12,9 @@
 # warmup, dropout 0, label smoothing 0.1, sources cut at 256 word pieces, targets at 48, seed 1. Writes
 # WORK_DIR/model/, WORK_DIR/test.pred.txt, WORK_DIR/test.scores.json.
 # Re-run after an interruption: training resumes exactly, decoding from its last chunk.
-# Overridable: PYTHON, MODEL_DIR, PRECISION, COPY (0: without the copy mechanism), SEED, STEPS (1000), SEARCH_FLAGS
+# Overridable: PYTHON, MODEL_DIR (a checkpoint, or a training run's directory for its last checkpoint: the QG recipe's
+# WORK_DIR/model starts from the question generator, experiments/results/scitldr_qg_init/), PRECISION, COPY (0:
+# without the copy mechanism), SEED, STEPS (1000), MIN_LEN (15) and LENGTH_PENALTY (1.0) of the search, SEARCH_FLAGS
 # (appended to the decoding command; default --source_words_only, "" for a free search), SPLITS ("test"; "dev test"
 # decodes and scores the dev abstracts too, to choose on), GUIDE (1: train and decode on contribution-first sources,
 # experiments/scitldr_guided.py, written to WORK_DIR/sources/).
@@ -24,6 +26,8 @@ STEPS="${STEPS:-1000}"
 SEARCH_FLAGS="${SEARCH_FLAGS---source_words_only}"
 SPLITS="${SPLITS:-test}"
 GUIDE="${GUIDE:-0}"
+MIN_LEN="${MIN_LEN:-15}"
+LENGTH_PENALTY="${LENGTH_PENALTY:-1.0}"
 for f in train test; do
   [ -f "$DATA/scitldr/$f.jsonl" ] || { echo "error: $DATA/scitldr/$f.jsonl not found" >&2; exit 2; }
 done
@@ -51,8 +55,8 @@ for split in $SPLITS; do
   # shellcheck disable=SC2086  # SEARCH_FLAGS is a list of flags
   "$PYTHON" decode_seq2seq.py --model_path "$WORK/model/ckpt-$STEPS" --input_file "$SOURCES/$split.jsonl" \
     --output_file "$WORK/$split.pred.txt" --precision "$PRECISION" --batch_size 32 --max_tgt_length 48 \
-    --detokenize text --beam_size 5 --length_penalty 1.0 --min_len 15 --forbid_duplicate_ngrams --ngram_size 2 \
-    --resume $SEARCH_FLAGS
+    --detokenize text --beam_size 5 --length_penalty "$LENGTH_PENALTY" --min_len "$MIN_LEN" \
+    --forbid_duplicate_ngrams --ngram_size 2 --resume $SEARCH_FLAGS
   "$PYTHON" -m s2s_ft.cli.evaluate --hyp "$WORK/$split.pred.txt" --ref "$DATA/scitldr/$split.jsonl" --metrics rouge \
     --json "$WORK/$split.scores.json"
 done

@@ -63,8 +63,7 @@ fi
   --logging_steps 25 --save_steps 200 --save_total_limit 2 "${EVAL_FLAGS[@]}" $EXTRA_TRAIN_FLAGS
 
 # The last checkpoint: ckpt-$STEPS, or an earlier one where the time budget ended the run.
-FINAL="$("$PYTHON" -c 'import sys; from s2s_ft.training.rundir import latest_checkpoint as last; print(last(sys.argv[1]))' \
-  "$WORK/model")"
+FINAL="$(last_checkpoint "$WORK/model")"
 SPLITS=(dev)
 if [ "$TEST" != 0 ]; then
   [ -f "$DATA/$DATASET/test.jsonl" ] || { echo "error: $DATA/$DATASET/test.jsonl not found" >&2; exit 2; }

@@ -1,5 +1,6 @@
 """The pure table / argument / diagnostic helpers of experiments/method_comparison.py and output_diagnostics.py,
-and the identity start of hf_bert2bert's fresh LM head (no data, tiny models, no subprocesses)."""
+and the identity start of hf_bert2bert's fresh LM head (no data, tiny models;
+the one subprocess sources recipe_common.sh)."""
 import json
 
 import pytest
@@ -249,3 +250,27 @@ def test_contribution_first_moves_the_heuristic_sentence_to_the_front_and_keeps_
         "We propose a pruning rule. Deep nets are big. They are slow! It halves the cost. This paper also shows X.")
     assert guided.contribution_first("No claim here. Nor here.") == "No claim here. Nor here."  # none found
     assert guided.contribution_first("We show A. Then B.") == "We show A. Then B."  # already first
+
+
+def test_recipe_model_dir_may_name_a_run_directory(tmp_path):
+    """recipe_common.sh: MODEL_DIR naming a training run's output directory stands for its last complete checkpoint
+    (ckpt-STEP with training_state.pt; a later one without it is an unfinished save), a checkpoint stays itself."""
+    import os
+    import subprocess
+    import sys
+    run = tmp_path / "model"
+    for step, complete in ((100, True), (300, True), (400, False)):
+        (run / f"ckpt-{step}").mkdir(parents=True)
+        (run / f"ckpt-{step}" / "config.json").write_text("{}")
+        if complete:
+            (run / f"ckpt-{step}" / "training_state.pt").write_bytes(b"")
+    common = os.path.join(os.path.dirname(__file__), "..", "experiments", "recipe_common.sh")
+
+    def resolved(model_dir):
+        script = f'source "{common}" data work && echo "$MODEL_DIR"'
+        env = {**os.environ, "MODEL_DIR": str(model_dir), "PYTHON": sys.executable}
+        return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert resolved(run) == str(run / "ckpt-300")
+    assert resolved(run / "ckpt-100") == str(run / "ckpt-100")
