@@ -1,8 +1,9 @@
 # Sourced by the experiment recipes (squad_qg_recipe.sh, scitldr_recipe.sh): checks the two arguments
 # (DATA_DIR WORK_DIR), moves to the repository root and sets DATA, WORK, PYTHON, MODEL_DIR (default: the pip-installed
 # all-MiniLM-L6-v2; a training run's output directory stands for its last complete checkpoint, so a recipe can start
-# from another recipe's model, e.g. WORK_DIR/model of squad_qg_recipe.sh) and PRECISION (bf16 where the CPU computes bf16 natively, AVX512-BF16 / AMX; elsewhere it is
-# emulated and slower than fp32). Relative paths are taken from the repository root, as the scripts always did.
+# from another recipe's model, e.g. WORK_DIR/model of squad_qg_recipe.sh) and PRECISION (bf16 where the CPU computes
+# bf16 natively, AVX512-BF16 / AMX; elsewhere it is emulated and slower than fp32). Relative paths are taken from the
+# repository root, as the scripts always did.
 if [ $# -ne 2 ]; then
   echo "usage: bash $0 DATA_DIR WORK_DIR" >&2
   exit 2
@@ -16,8 +17,8 @@ PRECISION="${PRECISION:-$(grep -q -E 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev
 
 # The last complete checkpoint (ckpt-STEP) of a training run's output directory; empty if it has none.
 last_checkpoint() {
-  "$PYTHON" -c 'import sys; from s2s_ft.training.rundir import latest_checkpoint as last; print(last(sys.argv[1]) or "")' \
-    "$1"
+  "$PYTHON" -c 'import sys; from s2s_ft.training.rundir import latest_checkpoint as last
+print(last(sys.argv[1]) or "")' "$1"
 }
 if [ ! -f "$MODEL_DIR/config.json" ] && [ -d "$MODEL_DIR" ] && [ -n "$(last_checkpoint "$MODEL_DIR")" ]; then
   MODEL_DIR="$(last_checkpoint "$MODEL_DIR")"

@@ -20,13 +20,17 @@ for setting in $GRID; do
   min_len="${setting%%:*}"
   penalty="${setting##*:}"
   tag="min${min_len}_lp${penalty}"
-  "$PYTHON" decode_seq2seq.py --model_path "$MODEL" --input_file "$SOURCES/dev.jsonl" --output_file "$OUT/dev.$tag.txt" \
+  "$PYTHON" decode_seq2seq.py --model_path "$MODEL" --input_file "$SOURCES/dev.jsonl" \
+    --output_file "$OUT/dev.$tag.txt" \
     --precision "$PRECISION" --batch_size 32 --max_tgt_length 48 --detokenize text --beam_size 5 \
     --length_penalty "$penalty" --min_len "$min_len" --forbid_duplicate_ngrams --ngram_size 2 --source_words_only \
     --resume
   "$PYTHON" -m s2s_ft.cli.evaluate --hyp "$OUT/dev.$tag.txt" --ref "$DATA/scitldr/dev.jsonl" --metrics rouge \
     --json "$OUT/dev.$tag.json" > /dev/null
-  "$PYTHON" -c 'import json, sys; s = json.load(open(sys.argv[1])); words = [len(l.split()) for l in open(sys.argv[2])]
-print(sys.argv[3], *(f"{k} {s[k]:.2f}" for k in ("rouge1", "rouge2", "rougeL")), f"words {sum(words) / len(words):.1f}")' \
+  "$PYTHON" -c 'import json, sys
+s = json.load(open(sys.argv[1]))
+words = [len(line.split()) for line in open(sys.argv[2])]
+scores = (f"{k} {s[k]:.2f}" for k in ("rouge1", "rouge2", "rougeL"))
+print(sys.argv[3], *scores, f"words {sum(words) / len(words):.1f}")' \
     "$OUT/dev.$tag.json" "$OUT/dev.$tag.txt" "$tag"
 done
