@@ -10,26 +10,26 @@
 #
 # Overridable: NEW_COMMIT (HEAD), STEPS (75), ROUNDS (2), PYTHON, OLD_COPY and NEW_COPY (0: that commit without the
 # copy mechanism; OLD_COPY=0 is issue 23's recipe as it was measured). Worktrees go to WORK_DIR/{old,new}; tokenised
-# examples are cached per commit, so only the first turn of each pays for tokenising.
+# examples are cached per commit, so only the first turn of each pays for tokenising. Relative paths are taken from
+# the repository root, as in the recipes (experiments/recipe_common.sh).
 set -euo pipefail
 if [ $# -ne 3 ]; then
   echo "usage: bash $0 OLD_COMMIT DATA_DIR WORK_DIR" >&2
   exit 2
 fi
 OLD="$1"
-DATA="$(realpath "$2")"
-WORK="$(realpath -m "$3")"
+# DATA, WORK, PYTHON, MODEL_DIR and PRECISION as the recipes set them (and the working directory: the repository root)
+source "$(dirname "${BASH_SOURCE[0]}")/../experiments/recipe_common.sh" "$2" "$3"
+DATA="$(realpath "$DATA")"  # absolute: the runs start in the worktrees
+WORK="$(realpath -m "$WORK")"
+REPO="$(pwd)"
 NEW_COMMIT="${NEW_COMMIT:-HEAD}"
 STEPS="${STEPS:-75}"
 ROUNDS="${ROUNDS:-2}"
-PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
 OLD_COPY="${OLD_COPY:-1}"
 NEW_COPY="${NEW_COPY:-1}"
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TRAIN="$DATA/squad_qg_du/train.jsonl"
 [ -f "$TRAIN" ] || { echo "error: $TRAIN not found" >&2; exit 2; }
-MODEL_DIR="$(cd "$REPO" && "$PYTHON" -c 'from s2s_ft.model.minilm import minilm_dir; print(minilm_dir())')"
-PRECISION="$(grep -q -E 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo bf16 || echo fp32)"
 mkdir -p "$WORK/runs"
 for side in old new; do
   commit="$OLD"

@@ -20,6 +20,7 @@ last_checkpoint() {
   "$PYTHON" -c 'import sys; from s2s_ft.training.rundir import latest_checkpoint as last
 print(last(sys.argv[1]) or "")' "$1"
 }
-if [ ! -f "$MODEL_DIR/config.json" ] && [ -d "$MODEL_DIR" ] && [ -n "$(last_checkpoint "$MODEL_DIR")" ]; then
-  MODEL_DIR="$(last_checkpoint "$MODEL_DIR")"
+if [ ! -f "$MODEL_DIR/config.json" ] && [ -d "$MODEL_DIR" ]; then
+  RUN_CHECKPOINT="$(last_checkpoint "$MODEL_DIR")"
+  MODEL_DIR="${RUN_CHECKPOINT:-$MODEL_DIR}"
 fi
