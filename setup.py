@@ -19,8 +19,8 @@ setup(
     description="Fine-tune pretrained BERT-like checkpoints as sequence-to-sequence generators (s2s-ft style)",
     packages=find_packages(include=["s2s_ft*", "mass_objective*"]),
     # run_seq2seq.py and decode_seq2seq.py stay in the checkout as the s2s-ft-compatible scripts; installed, the
-    # tools are these commands (and python -m s2s_ft.cli.train / s2s_ft.cli.decode / s2s_ft.cli.evaluate / s2s_ft.cli.serve;
-    # s2s-ft-serve needs the serve extra).
+    # tools are these commands (and python -m s2s_ft.cli.train / .decode / .evaluate / .serve, or the short
+    # python -m s2s_ft.train / .decode / .evaluate / .serve; s2s-ft-serve needs the serve extra).
     entry_points={
         "console_scripts": [
             "s2s-ft-train = s2s_ft.cli.train:main",

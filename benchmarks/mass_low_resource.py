@@ -17,9 +17,9 @@ English, the target always German); MASS itself only ever reconstructs a sentenc
 
 Every stage is resumable: a finished stage (its final checkpoint, predictions or scores exist) is skipped, and an
 interrupted training run resumes from its last checkpoint. All outputs live under --work_dir (outside the repo
-by default); the data are only read.
+in the git-ignored runs/ by default); the data are only read.
 
-    python benchmarks/mass_low_resource.py --data ../shared/data/multi30k --work_dir /tmp/mass_low_resource
+    python benchmarks/mass_low_resource.py --data ../shared/data/multi30k --work_dir runs/mass_low_resource
 """
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="the multi30k folder (train.en.txt, train.de.txt, *.en-de.jsonl)")
-    p.add_argument("--work_dir", default="/tmp/mass_low_resource")
+    p.add_argument("--work_dir", default=os.path.join("runs", "mass_low_resource"),
+                   help="all outputs (default %(default)s, relative to the current directory; /runs/ is git-ignored)")
     p.add_argument("--vocab_size", type=int, default=8000)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=256)
@@ -157,6 +158,8 @@ def bleu(args, model: str, name: str, test: str) -> float:
 
 def main() -> None:
     args = parse_args()
+    # the stages run with the repository as their working directory: absolute paths from here on
+    args.data, args.work_dir = os.path.abspath(args.data), os.path.abspath(args.work_dir)
     os.makedirs(args.work_dir, exist_ok=True)
     model_dir = os.path.join(args.work_dir, "init")
     mono = os.path.join(args.work_dir, "mono.en-de.txt")

@@ -40,7 +40,7 @@ dataset are recorded in ``WORK_DIR/DATASET/settings.json``; re-running with diff
 message instead of mixing runs. The tables (mean +- sample standard deviation over seeds) go to stdout,
 ``WORK_DIR/results.md`` and ``WORK_DIR/results.json``.
 
-    python experiments/method_comparison.py --data_root ../shared/data --work_dir /tmp/method_comparison
+    python experiments/method_comparison.py --data_root ../shared/data --work_dir runs/method_comparison
 
 Per-dataset flags take one value for all datasets or ``name=value`` pairs: ``--steps squad_qg=800,scitldr=400``.
 ``--max_tokens 0`` falls back to fixed batches of ``--batch_size`` examples.
@@ -167,8 +167,8 @@ def parse_args(argv=None):
                                 "name=N,name=N.")
     p.add_argument("--data_root", default=os.path.join(os.path.dirname(ROOT), "shared", "data"),
                    help="holds squad_qg/ and scitldr/ (default: ../shared/data next to the repo)")
-    p.add_argument("--work_dir", default="/tmp/method_comparison",
-                   help="all outputs (outside the repo; default %(default)s)")
+    p.add_argument("--work_dir", default=os.path.join("runs", "method_comparison"),
+                   help="all outputs (default %(default)s: relative, git-ignored /runs/ when run from the repository root)")
     p.add_argument("--model_dir", default=None, help="the starting checkpoint (default: all-MiniLM-L6-v2)")
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset (default %(default)s)")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset (default %(default)s)")

@@ -5,7 +5,7 @@ outputs are distinct, their mean length in words, and the share that has at leas
 source outside a short list of function and question words. The references get the same figures, as the bar: a
 system that writes the same generic output for every input scores low on all three, whatever its ROUGE.
 
-    python experiments/output_diagnostics.py /tmp/mc_main/squad_qg
+    python experiments/output_diagnostics.py WORK_DIR/squad_qg
 """
 from __future__ import annotations
 

@@ -34,6 +34,9 @@ LAYERS = {
                    "s2s_ft.decoding", "s2s_ft.evaluation", "s2s_ft.training", "s2s_ft.serving"},
     "mass_objective": {"s2s_ft.training"},
 }
+# ``python -m s2s_ft.train`` and its siblings: the tools' older module names, each a thin call of s2s_ft/cli/.
+SHORT_ENTRY_POINTS = ("train", "decode", "serve", "evaluate")
+LAYERS.update({f"s2s_ft.{name}": {"s2s_ft.cli"} for name in SHORT_ENTRY_POINTS})
 MAX_FUNCTION_LINES = 80
 FLAG_TABLES = {"build_parser"}  # one add_argument call per flag: a table, however long
 
@@ -161,8 +164,8 @@ def test_console_entry_points_name_the_tools_main_functions():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [["-m", "s2s_ft.cli.train"], ["-m", "s2s_ft.cli.decode"], ["-m", "s2s_ft.cli.evaluate"],
-                                     ["-m", "s2s_ft.cli.serve"], ["run_seq2seq.py"], ["decode_seq2seq.py"]])
+@pytest.mark.parametrize("command", [["-m", f"s2s_ft.{prefix}{name}"] for prefix in ("cli.", "") for name in
+                                     SHORT_ENTRY_POINTS] + [["run_seq2seq.py"], ["decode_seq2seq.py"]])
 def test_every_tool_runs_as_a_module_and_as_a_script(command):
     result = subprocess.run([sys.executable, *command, "--help"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)
@@ -198,18 +201,36 @@ def test_the_same_thing_has_the_same_flag_name_in_every_tool():
     assert serve_flags["device"] == decode_flags["device"] and serve_flags["quantize"] == decode_flags["quantize"]
 
 
-def test_no_committed_file_carries_a_path_of_the_machine_it_ran_on():
-    """Records and scripts name data, runs and packages relatively (../shared/data, WORK/, SITE_PACKAGES/), so that they
-    read and run the same from any clone."""
-    import subprocess
-    machine = ("/" + "work/", "/" + "root/")  # spelled apart so that this file does not match itself
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    offenders = []
+# An absolute path under the home, root, work or temporary folders; spelled apart so that this file does not match.
+MACHINE_PATH = re.compile(r"(^|[^A-Za-z0-9_.])/(" + "|".join(["wo" + "rk", "ro" + "ot", "ho" + "me", "t" + "mp"])
+                          + r")/[A-Za-z0-9_.-]+", re.M)
+
+
+def machine_paths(root: str) -> list[str]:
+    """``FILE: PATH`` for every machine path in the text files committed under ``root``."""
+    files = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    found = []
     for name in files:
-        path = os.path.join(ROOT, name)
+        path = os.path.join(root, name)
         if name.endswith((".gz", ".png", ".safetensors")) or not os.path.isfile(path):
             continue
         with open(path, encoding="utf-8", errors="ignore") as handle:
-            text = handle.read()
-        offenders += [f"{name}: {marker}" for marker in machine if marker in text]
-    assert not offenders, offenders
+            found += [f"{name}: {match.group(0).strip()}" for match in MACHINE_PATH.finditer(handle.read())]
+    return found
+
+
+def test_no_committed_file_carries_a_path_of_the_machine_it_ran_on():
+    """Records and scripts name data, runs and packages relatively (../shared/data, WORK/, SITE_PACKAGES/) or by a
+    placeholder (WORK_DIR), so that they read and run the same from any clone."""
+    assert not machine_paths(ROOT)
+
+
+@pytest.mark.parametrize("text, found", [("--work_dir /tm" "p/mc_main", True), ("cd /ho" "me/ann/x", True),
+                                         ("see /wo" "rk/shared", True), ("(/ro" "ot/.cache)", True),
+                                         ("WORK_DIR/squad_qg", False), ("../shared/data", False),
+                                         ("runs/tmp/x", False)])
+def test_the_machine_path_rule_catches_what_it_should(text, found, tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "notes.md").write_text(text + "\n", encoding="utf-8")
+    subprocess.run(["git", "add", "notes.md"], cwd=tmp_path, check=True)
+    assert bool(machine_paths(str(tmp_path))) == found
