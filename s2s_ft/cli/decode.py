@@ -30,7 +30,8 @@ from s2s_ft.cli.common import (
     check_search_args,
     run_cli,
 )
-from s2s_ft.data.reading import DataError, read_sources, report_skipped
+from s2s_ft.data.answers import AnswerSource
+from s2s_ft.data.reading import DataError, check_answer_encoding, read_sources, report_skipped
 from s2s_ft.decoding.detokenize import DETOKENIZE_HELP
 from s2s_ft.decoding.inference import LoadedDecoder, forbid_ignore_ids, load_decoder
 from s2s_ft.decoding.resumable import decode_resumable, resume_identity
@@ -129,6 +130,8 @@ def decode_checkpoint(args: argparse.Namespace, path: str, sources: list, number
                       device: torch.device, world: World) -> None:
     """Decode ``sources`` with the checkpoint ``path`` into ``output`` (rank 0 writes it)."""
     loaded = load_decoder(path, str(device), args.precision, args.detokenize, args.quantize)
+    check_answer_encoding(args.input_file, any(isinstance(source, AnswerSource) for source in sources),
+                          loaded.answer_encoding, checkpoint=path)
     max_tgt = args.max_tgt_length or int(loaded.settings["max_target_seq_length"])
     if args.min_len > max_tgt:
         raise UsageError(f"--min_len {args.min_len} exceeds the target length {max_tgt}")

@@ -24,7 +24,9 @@ from s2s_ft.cli.common import (
     add_precision_flags,
     run_cli,
 )
+from s2s_ft.data.answers import ANSWER_ENCODINGS, DEFAULT_ANSWER_ENCODING
 from s2s_ft.data.methods import METHODS
+from s2s_ft.data.reading import first_row_has_answer
 from s2s_ft.decoding.detokenize import DETOKENIZE_HELP
 from s2s_ft.distributed import init_world
 from s2s_ft.errors import UsageError
@@ -79,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_source_seq_length", type=int, default=DEFAULTS.max_source_seq_length, help="source length incl. [CLS] and [SEP]")
     add("--max_target_seq_length", "--max_tgt_length", dest="max_target_seq_length", type=int, default=DEFAULTS.max_target_seq_length,
         help="target length incl. the closing [SEP] (--max_tgt_length: the name decoding uses)")
+    add("--answer_encoding", default=None, choices=ANSWER_ENCODINGS,
+        help="rows with an \"answer\" (answer-aware generation, e.g. question generation about a given answer): how "
+             "the model sees it: segment ([CLS] source [SEP] answer [SEP]), span (the answer's pieces inside the "
+             f"source get a token type of their own) or both (default, when the rows have answers: "
+             f"{DEFAULT_ANSWER_ENCODING}; docs/training.md)")
     add("--skip_bad_lines", action="store_true", help="skip (and count) malformed training lines")
     add("--features_cache_dir", "--cache_dir", dest="cache_dir", default=None,
         help="where tokenised training examples are cached (default: <output_dir>/cache); --cache_dir is the "
@@ -188,6 +195,11 @@ def resolve_args(args: argparse.Namespace) -> TrainingConfig:
         args.lora_alpha = 2.0 * args.lora_rank
     _check_eval(args)
     _check_optimisation(args)
+    if args.objective == "seq2seq" and args.answer_encoding is None and first_row_has_answer(args.train_file):
+        args.answer_encoding = DEFAULT_ANSWER_ENCODING
+        log.info("%s has answers: --answer_encoding %s", args.train_file, args.answer_encoding)
+    if args.answer_encoding and args.objective != "seq2seq":
+        raise UsageError("--answer_encoding needs --objective seq2seq (MASS sentences have no answers)")
     if args.objective == "mass":
         try:
             args.mass_mask_keep_rand = tuple(parse_mask_keep_rand(str(args.mass_mask_keep_rand)))

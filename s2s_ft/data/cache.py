@@ -22,7 +22,7 @@ from s2s_ft.fileio import write_atomic
 
 log = logging.getLogger("s2s_ft")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a third column, the answer spans
 # Files whose content decides how text is tokenised (whichever of them the tokenizer directory holds).
 TOKENIZER_CONTENT_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                            "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model",

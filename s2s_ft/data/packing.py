@@ -45,15 +45,40 @@ class SpecialIds:
     source_type: int = 0
     target_type: int = 1
     decoder_start: Optional[int] = None  # causal start token; defaults to ``sep``
+    # The token type of an answer's word pieces inside the source (s2s_ft/data/answers.py, the ``span`` encodings);
+    # None: the checkpoint has no such type.
+    answer_type: Optional[int] = None
 
     @property
     def start(self) -> int:
         return self.sep if self.decoder_start is None else self.decoder_start
 
 
+class SourceIds(list):
+    """Source word-piece ids (no specials) that may mark an answer inside them: ``answer_span`` is its [start, end)
+    among the ids, packed with ``SpecialIds.answer_type`` (s2s_ft/data/answers.py builds these). A list, so that
+    every path that sorts, budgets or batches sources by their ids takes it unchanged."""
+
+    def __init__(self, ids=(), answer_span: Optional[tuple[int, int]] = None):
+        super().__init__(ids)
+        self.answer_span = None if answer_span is None else (int(answer_span[0]), int(answer_span[1]))
+
+
+def source_segments(source: Sequence[int], special: SpecialIds) -> list[int]:
+    """Token types of ``[CLS] source [SEP]``: the source type, and the answer type over a marked answer span."""
+    types = [special.source_type] * (len(source) + 2)
+    span = getattr(source, "answer_span", None)
+    if span is not None:
+        if special.answer_type is None:
+            raise ValueError("a source marks an answer span, but the checkpoint has no answer token type")
+        types[span[0] + 1:span[1] + 1] = [special.answer_type] * (span[1] - span[0])
+    return types
+
+
 @dataclass
 class Pair:
-    """One tokenised example: word-piece ids without special tokens."""
+    """One tokenised example: word-piece ids without special tokens (the source a ``SourceIds`` where it marks an
+    answer)."""
     source: list[int]
     target: list[int]
     # MASS keeps each fragment token at its original sentence position; None means n_src + i. One entry per packed
@@ -163,8 +188,8 @@ class Packer:
         sp = self.special
         row = Row()
         source = [sp.cls, *pair.source, sp.sep]
-        for position, token in enumerate(source):
-            row.add(token, position, sp.source_type, SOURCE_RANKS)
+        for position, (token, segment) in enumerate(zip(source, source_segments(pair.source, sp))):
+            row.add(token, position, segment, SOURCE_RANKS)
         target = [*pair.target, sp.sep] if pair.close_target else list(pair.target)
         if not target:
             raise ValueError("empty target with close_target=False: nothing to predict")
@@ -216,7 +241,8 @@ def decoding_prefix(sources: Sequence[Sequence[int]], special: SpecialIds) -> Pa
     rows = []
     for source in sources:
         row = Row()
-        for position, token in enumerate([special.cls, *source, special.sep]):
-            row.add(token, position, special.source_type, SOURCE_RANKS)
+        tokens = [special.cls, *source, special.sep]
+        for position, (token, segment) in enumerate(zip(tokens, source_segments(source, special))):
+            row.add(token, position, segment, SOURCE_RANKS)
         rows.append(row)
     return collate(rows, special)

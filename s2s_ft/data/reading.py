@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
 
+from s2s_ft.data.answers import AnswerPresence, AnswerSource, encode_answer_sources, read_answer_source
 from s2s_ft.data.packing import Pair, SpecialIds
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,15 @@ def load_tokenizer(path: str):
         raise DataError(f"{path}: could not load a tokenizer ({first_line})") from None
 
 
-def special_ids(tokenizer, source_type: int, target_type: int) -> SpecialIds:
+def special_ids(tokenizer, source_type: int, target_type: int, answer_type: Optional[int] = None) -> SpecialIds:
     """The layout's special tokens from the tokenizer: [CLS]/[SEP] for BERT-likes, <s>/</s> for RoBERTa-likes."""
     ids = dict(cls=tokenizer.cls_token_id, sep=tokenizer.sep_token_id, mask=tokenizer.mask_token_id,
                pad=tokenizer.pad_token_id)
     missing = [name for name, value in ids.items() if value is None]
     if missing:
         raise DataError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')} has no {', '.join(missing)} token")
-    return SpecialIds(**ids, vocab_size=len(tokenizer), source_type=source_type, target_type=target_type)
+    return SpecialIds(**ids, vocab_size=len(tokenizer), source_type=source_type, target_type=target_type,
+                      answer_type=answer_type)
 
 
 def iter_jsonl(path: str, inline_errors: bool = False,
@@ -88,6 +90,17 @@ def iter_jsonl(path: str, inline_errors: bool = False,
         raise DataError(f"{path}: empty file (expected JSON lines with {expected})")
 
 
+def first_row_has_answer(path: str) -> bool:
+    """Whether the first row of a JSONL file has an ``answer`` (False for a missing or unreadable file: reading it
+    for real reports that, naming the line)."""
+    try:
+        for _, record in iter_jsonl(path, inline_errors=True):
+            return isinstance(record, dict) and "answer" in record
+    except DataError:
+        pass
+    return False
+
+
 @dataclass
 class TokenizeStats:
     examples: int = 0
@@ -117,14 +130,27 @@ def report_skipped(path: str, bad: Sequence[str], consequence: str = "") -> None
         log.warning("skipped %d bad lines in %s%s; first: %s", len(bad), path, consequence, " | ".join(bad[:3]))
 
 
+def read_source(path: str, number: int, record, presence: AnswerPresence, expected: str = '{"src": ...}'):
+    """A row's source: ``src``, or an ``AnswerSource`` where the row has an ``answer`` (s2s_ft/data/answers.py);
+    DataError naming the line for a bad source or answer, or an answer where the file's first row had none (or the
+    other way round)."""
+    if isinstance(record, DataError):
+        raise record
+    value, problem = read_answer_source(record, check_side(path, number, record, "src", expected=expected))
+    problem = problem or presence.check(number, isinstance(value, AnswerSource))
+    if problem:
+        raise DataError(f"{path}:{number}: {problem}")
+    return value
+
+
 def read_sources(path: str, skip_bad_lines: bool = False) -> tuple[list, list[int]]:
-    """``src`` of every non-blank line of a JSONL file to decode (None for a skipped bad line) and its line number."""
+    """The source of every non-blank line of a JSONL file to decode (``read_source``; None for a skipped bad line)
+    and its line number."""
     sources, numbers, bad = [], [], []
+    presence = AnswerPresence(path)
     for number, record in iter_jsonl(path, inline_errors=skip_bad_lines, expected='a "src" field'):
         try:
-            if isinstance(record, DataError):
-                raise record
-            value = check_side(path, number, record, "src", expected='{"src": ...}')
+            value = read_source(path, number, record, presence)
         except DataError as error:
             if not skip_bad_lines:
                 raise
@@ -150,18 +176,19 @@ def tokenize_sides(tokenizer, values: Sequence) -> list[list[int]]:
     return result
 
 
-def read_pairs(path: str, tokenizer, max_source_len: int, max_target_len: int,
-               skip_bad_lines: bool = False) -> tuple[list[Pair], TokenizeStats]:
+def read_pairs(path: str, tokenizer, max_source_len: int, max_target_len: int, skip_bad_lines: bool = False,
+               answer_encoding: Optional[str] = None) -> tuple[list[Pair], TokenizeStats]:
     """Tokenised pairs, truncated so ``[CLS] src [SEP]`` fits ``max_source_len`` and ``tgt [SEP]`` fits
-    ``max_target_len`` (s2s-ft's convention)."""
+    ``max_target_len`` (s2s-ft's convention). Rows with an ``answer`` need ``answer_encoding`` (and rows without
+    one refuse it): their sources are encoded as ``prepare_sources`` does for decoding."""
     stats = TokenizeStats()
     numbers, sources, targets = [], [], []
     bad: list[str] = []
+    presence = AnswerPresence(path)
     for number, record in iter_jsonl(path, inline_errors=skip_bad_lines):
         try:
-            if isinstance(record, DataError):
-                raise record
-            src, tgt = check_side(path, number, record, "src"), check_side(path, number, record, "tgt")
+            src = read_source(path, number, record, presence, expected='{"src": ..., "tgt": ...}')
+            tgt = check_side(path, number, record, "tgt")
         except DataError as error:
             if not skip_bad_lines:
                 raise
@@ -170,9 +197,11 @@ def read_pairs(path: str, tokenizer, max_source_len: int, max_target_len: int,
         numbers.append(number)
         sources.append(src)
         targets.append(tgt)
-    source_ids, target_ids = tokenize_sides(tokenizer, sources), tokenize_sides(tokenizer, targets)
+    check_answer_encoding(path, presence.has_answers, answer_encoding)
+    source_ids, full_lengths = prepare_sources(tokenizer, sources, max_source_len, answer_encoding)
+    target_ids = tokenize_sides(tokenizer, targets)
     pairs = []
-    for number, src, tgt in zip(numbers, source_ids, target_ids):
+    for number, src, full_length, tgt in zip(numbers, source_ids, full_lengths, target_ids):
         empty = "src" if not src else "tgt" if not tgt else None
         if empty:
             message = f"{path}:{number}: \"{empty}\" tokenises to nothing"
@@ -180,8 +209,7 @@ def read_pairs(path: str, tokenizer, max_source_len: int, max_target_len: int,
                 raise DataError(message)
             bad.append(message)
             continue
-        if len(src) > max_source_len - 2:
-            src, stats.truncated_sources = src[:max_source_len - 2], stats.truncated_sources + 1
+        stats.truncated_sources += full_length > max_source_len - 2
         if len(tgt) > max_target_len - 1:
             tgt, stats.truncated_targets = tgt[:max_target_len - 1], stats.truncated_targets + 1
         pairs.append(Pair(src, tgt))
@@ -195,10 +223,40 @@ def read_pairs(path: str, tokenizer, max_source_len: int, max_target_len: int,
     return pairs, stats
 
 
-def prepare_sources(tokenizer, sources: Sequence, max_source_length: int) -> tuple[list[list[int]], list[int]]:
-    """What every path that decodes does to its sources (s2s-ft-decode, the server, evaluation during training):
-    token ids without specials, cut to fit ``[CLS] src [SEP]`` in ``max_source_length`` positions. Returns the ids
-    and each source's length before the cut (longer than ``max_source_length - 2``: it was cut)."""
+def check_answer_encoding(path: str, has_answers: bool, answer_encoding: Optional[str],
+                          checkpoint: Optional[str] = None) -> None:
+    """DataError unless the rows of ``path`` carry answers exactly when an answer encoding is in use: the training
+    run's ``--answer_encoding``, or with ``checkpoint`` the one that checkpoint was trained with."""
+    if has_answers and not answer_encoding:
+        raise DataError(f'{path}: the rows have an "answer", but ' + (
+            f"{checkpoint} was trained without answers" if checkpoint else
+            "--answer_encoding is not set (the model would not see it)"))
+    if answer_encoding and not has_answers:
+        raise DataError(f"{path}: " + (f"{checkpoint} was trained with answers (answer_encoding {answer_encoding})"
+                                       if checkpoint else f"--answer_encoding is {answer_encoding}")
+                        + ', but the rows have no "answer"')
+
+
+def prepare_sources(tokenizer, sources: Sequence, max_source_length: int,
+                    answer_encoding: Optional[str] = None) -> tuple[list[list[int]], list[int]]:
+    """What every path that trains or decodes does to its sources (s2s-ft-train, s2s-ft-decode, the server, evaluation
+    during training, the Hugging Face wrapper): token ids without specials, cut to fit ``[CLS] src [SEP]`` in
+    ``max_source_length`` positions. Returns the ids and each source's length before the cut (longer than
+    ``max_source_length - 2``: it was cut).
+
+    ``AnswerSource`` sources (rows with an answer) are encoded as ``answer_encoding`` says (s2s_ft/data/answers.py)
+    and need it; plain sources refuse it."""
+    answered = [isinstance(source, AnswerSource) for source in sources]
+    if not sources:
+        return [], []
+    if any(answered) != all(answered) or (any(answered) and not answer_encoding):
+        raise DataError('some sources have an "answer" and some do not' if any(answered) != all(answered) else
+                        'the sources have an "answer", but the model was trained without answers')
+    if answer_encoding and not any(answered):
+        raise DataError(f'the model was trained with answers (answer_encoding {answer_encoding}): give each source '
+                        f'its "answer"')
+    if any(answered):
+        return encode_answer_sources(tokenizer, sources, max_source_length, answer_encoding, tokenizer.sep_token_id)
     ids = tokenize_sides(tokenizer, sources)
     limit = max_source_length - 2
     return [x[:limit] for x in ids], [len(x) for x in ids]

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from s2s_ft.data.answers import AnswerSource, check_answer
 from s2s_ft.data.packing import SpecialIds
 from s2s_ft.data.reading import load_tokenizer, prepare_sources
 from s2s_ft.decoding.detokenize import DETOKENIZERS, detokenize
@@ -28,7 +29,7 @@ from s2s_ft.model.quantize import check_quantize, quantize_int8
 
 log = logging.getLogger("s2s_ft")
 
-__all__ = ["AUTOCAST_DTYPES", "LoadedDecoder", "load_decoder", "forbid_ignore_ids"]
+__all__ = ["AUTOCAST_DTYPES", "AnswerSource", "LoadedDecoder", "load_decoder", "forbid_ignore_ids", "with_answers"]
 
 
 class LoadedDecoder:
@@ -44,10 +45,16 @@ class LoadedDecoder:
     def max_source_length(self) -> int:
         return int(self.settings["max_source_seq_length"])
 
+    @property
+    def answer_encoding(self) -> Optional[str]:
+        """How the checkpoint was shown answers (s2s_ft/data/answers.py), or None: it was trained without."""
+        return self.settings.get("answer_encoding")
+
     def source_ids(self, sources: Sequence, max_source_length: Optional[int] = None) -> tuple[list[list[int]], int]:
-        """Token ids (no specials), truncated to fit ``[CLS] src [SEP]``; returns (ids, number truncated)."""
+        """Token ids (no specials), truncated to fit ``[CLS] src [SEP]``; returns (ids, number truncated). Sources
+        with an answer are ``AnswerSource`` objects (or use ``with_answers``)."""
         length = max_source_length or self.max_source_length
-        ids, full_lengths = prepare_sources(self.tokenizer, sources, length)
+        ids, full_lengths = prepare_sources(self.tokenizer, sources, length, self.answer_encoding)
         return ids, sum(n > length - 2 for n in full_lengths)
 
     def text(self, tokens: Sequence[int]) -> str:
@@ -113,14 +120,30 @@ class LoadedDecoder:
         return results
 
     def decode_texts(self, sources: Sequence, batch_size: int = 32,
-                     after_batch: Optional[Callable[[], object]] = None, **search) -> list[str]:
+                     after_batch: Optional[Callable[[], object]] = None, answers: Optional[Sequence] = None,
+                     **search) -> list[str]:
         """The best hypothesis of each source (sampling: the first sample) as text; ``search`` are SearchConfig
-        fields, e.g. ``beam_size=5`` or ``do_sample=True, top_p=0.9, temperature=0.8, seed=1``."""
-        ids, _ = self.source_ids(sources)
+        fields, e.g. ``beam_size=5`` or ``do_sample=True, top_p=0.9, temperature=0.8, seed=1``. A checkpoint
+        trained with answers needs each source's ``answers`` (text, looked up in the source; or give
+        ``AnswerSource`` objects as ``sources``, with ``answer_start``)."""
+        ids, _ = self.source_ids(with_answers(sources, answers))
         config = SearchConfig(max_tgt_length=search.pop("max_tgt_length", self.settings["max_target_seq_length"]),
                               **search)
         return [self.text(hyps[0].tokens) if hyps else ""
                 for hyps in self.decode_ids(ids, config, batch_size, after_batch=after_batch)]
+
+
+def with_answers(sources: Sequence, answers: Optional[Sequence]) -> list:
+    """``sources`` paired with ``answers`` (None: the sources as they are) as ``AnswerSource`` objects."""
+    if answers is None:
+        return list(sources)
+    if isinstance(answers, str) or len(answers) != len(sources):
+        raise UsageError(f"answers: expected a list of {len(sources)} answers, one per source")
+    for index, (source, answer) in enumerate(zip(sources, answers)):
+        problem = check_answer(source, answer, None)
+        if problem:
+            raise UsageError(f"answers[{index}]: {problem}")
+    return [AnswerSource(source, answer) for source, answer in zip(sources, answers)]
 
 
 def load_decoder(path: str, device: Optional[str] = None, precision: str = "fp32",

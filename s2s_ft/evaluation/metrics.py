@@ -60,7 +60,8 @@ import os
 import warnings
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from s2s_ft.data.reading import DataError, check_side, iter_jsonl
+from s2s_ft.data.answers import AnswerPresence
+from s2s_ft.data.reading import DataError, iter_jsonl, read_source
 from s2s_ft.errors import UsageError
 from s2s_ft.evaluation.wordnet import (
     DEFAULT_WORDNET_DIR,
@@ -230,11 +231,13 @@ def read_references(path: str) -> List[List[str]]:
 
 def read_dev_examples(path: str, max_examples: Optional[int] = None) -> Tuple[List, List[List[str]], List[int]]:
     """(sources, references, line numbers) of the first ``max_examples`` records (all when None) of a JSONL dev
-    file: ``src`` as the training data has it (string or word-piece list), references as ``read_references``
+    file: ``src`` as the training data has it (string or word-piece list; an ``AnswerSource`` where the rows have an
+    ``answer``), references as ``read_references``
     reads them. Only the records used are read, and any problem in them stops with ``FILE:LINE``."""
     sources, refs, numbers = [], [], []
+    presence = AnswerPresence(path)
     for number, record in itertools.islice(iter_jsonl(path, expected='"src" and "tgt" (or "refs")'), max_examples):
-        sources.append(check_side(path, number, record, "src"))
+        sources.append(read_source(path, number, record, presence, expected='{"src": ..., "tgt": ...}'))
         refs.append(record_references(path, number, record))
         numbers.append(number)
     return sources, refs, numbers

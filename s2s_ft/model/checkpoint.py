@@ -122,6 +122,9 @@ FAMILIES = {
 # *ForMaskedLM classes report them as unexpected keys and load everything else), config.json says it is there.
 _COPY = ("copy", "copy_attention")
 COPY_CONFIG_KEY = "copy_mechanism"
+# config.json's index of the token type that marks an answer inside the source (s2s_ft/data/answers.py), named as
+# s2s-ft names source_type_id / target_type_id; a row appended to the token-type embeddings when training adds it.
+ANSWER_TYPE_KEY = "answer_type_id"
 # Modules a checkpoint may lack, to be freshly initialised: the MLM head (headless *Model saves) and the copy attention.
 _MAY_BE_FRESH = ("head.", "copy.")
 # Buffers some (older) saves carry; not weights, dropped silently.
@@ -192,6 +195,18 @@ def model_config_from_hf(model_type: str, hf_config: dict, source: str = "config
         position_offset=(hf.pad_token_id + 1) if family.position_offset_from_pad else 0,
         rel_pos_bins=rel_pos_bins, max_rel_pos=int(hf_config.get("max_rel_pos", 0) or 0) if rel_pos_bins else 0,
         copy_mechanism=bool(hf_config.get(COPY_CONFIG_KEY, False)))
+
+
+def answer_segment_id(hf_config: dict) -> Optional[int]:
+    """The token type of answers marked inside the source (``ANSWER_TYPE_KEY``), or None."""
+    value = hf_config.get(ANSWER_TYPE_KEY)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < int(hf_config.get("type_vocab_size",
+                                                                                                   2)):
+        raise CheckpointError(f"{ANSWER_TYPE_KEY} {value!r} is not a token type of this model (type_vocab_size "
+                              f"{hf_config.get('type_vocab_size', 2)})")
+    return value
 
 
 def default_segment_ids(model_type: str, hf_config: dict) -> tuple[int, int]:
@@ -310,7 +325,7 @@ HEAD_INITS = ("random", "identity")
 def load_pretrained(model_type: str, model_name_or_path: Optional[str], config_name: Optional[str] = None,
                     min_positions: Optional[int] = None, log: logging.Logger = _LOG,
                     head_init: str = "random", dropout: Optional[float] = None,
-                    copy_mechanism: bool = False) -> tuple[UnifiedTransformer, dict]:
+                    copy_mechanism: bool = False, answer_type: bool = False) -> tuple[UnifiedTransformer, dict]:
     """Build a ``UnifiedTransformer`` from a local HF / UniLM checkpoint directory.
 
     ``config_name`` (a directory or a JSON file) replaces the directory's config.json; with ``model_name_or_path``
@@ -329,6 +344,8 @@ def load_pretrained(model_type: str, model_name_or_path: Optional[str], config_n
 
     ``copy_mechanism``: add the copy attention (``model.CopyAttention``) when the checkpoint has none (it starts
     fresh); a checkpoint whose config.json has it keeps it either way.
+
+    ``answer_type``: a token type for answers marked in the source, where the checkpoint has none (``_add_answer_type``).
     """
     if head_init not in HEAD_INITS:
         raise CheckpointError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
@@ -345,12 +362,13 @@ def load_pretrained(model_type: str, model_name_or_path: Optional[str], config_n
             raise CheckpointError(f"dropout must lie in [0, 1), got {dropout}")
         config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
     config.copy_mechanism = config.copy_mechanism or copy_mechanism
+    added_type = answer_type and _add_answer_type(config, hf_config, config_path)
     if family.head_act_is_gelu and config.hidden_act != "gelu":
         log.warning("%s: hidden_act is %s, but HF's %s head always uses gelu; our MLM head follows hidden_act",
                     config_path, config.hidden_act, family.architecture)
 
     info = {"hf_config": hf_config, "model_type": model_type, "family": family.name, "weights_file": None,
-            "fresh": [], "fresh_head": False, "positions_extended": None}
+            "fresh": [], "fresh_head": False, "positions_extended": None, "answer_type_added": added_type}
     usable = config.max_position_embeddings - config.position_offset
     if min_positions is not None and min_positions > usable:
         config.max_position_embeddings = min_positions + config.position_offset
@@ -374,7 +392,7 @@ def load_pretrained(model_type: str, model_name_or_path: Optional[str], config_n
     if family.unilm:
         state = _unfuse_unilm(state)
     trained_rows = usable + config.position_offset if info["positions_extended"] else None
-    info["fresh"] = _fill(model, family, state, weights_file, log, trained_rows)
+    info["fresh"] = _fill(model, family, state, weights_file, log, trained_rows, added_type)
     info["fresh_head"] = any(name.startswith("head.") for name in info["fresh"])
     if info["fresh_head"] and head_init == "identity":
         try:
@@ -386,11 +404,27 @@ def load_pretrained(model_type: str, model_name_or_path: Optional[str], config_n
     return model, info
 
 
+def _add_answer_type(config: ModelConfig, hf_config: dict, config_path: str) -> bool:
+    """One more token type, for answers marked inside the source, unless ``hf_config`` has one; True if added. The
+    new row of the token-type embeddings starts as a copy of the last existing row (``_fill``: BERT's second segment,
+    "sentence B"; RoBERTa's only row); ``hf_config`` records its index as ``answer_type_id``."""
+    if ANSWER_TYPE_KEY in hf_config:
+        return False
+    if config.type_vocab_size < 1:
+        raise CheckpointError(f"{config_path}: the model has no token-type embeddings to mark an answer with; use the "
+                              f"answer encoding 'segment'")
+    hf_config[ANSWER_TYPE_KEY] = config.type_vocab_size
+    config.type_vocab_size += 1
+    hf_config["type_vocab_size"] = config.type_vocab_size
+    return True
+
+
 def _fill(model: UnifiedTransformer, family: Family, state: dict, source: str, log: logging.Logger,
-          trained_rows: Optional[int]) -> list[str]:
+          trained_rows: Optional[int], added_type: bool = False) -> list[str]:
     """Copy ``state`` into ``model``; returns the names left at their fresh initialisation.
 
     ``trained_rows``: when the position table is being extended, the row count the file's table must have.
+    ``added_type``: the token-type table has one more row than the file's (the answer type), a copy of its last.
     """
     prefix = next((p for p in family.prefixes if p + "embeddings.word_embeddings.weight" in state), None)
     if prefix is None:
@@ -424,6 +458,8 @@ def _fill(model: UnifiedTransformer, family: Family, state: dict, source: str, l
             param = params[name]
             if name == "embeddings.position.weight" and tensor.shape[0] == trained_rows:
                 tensor = _extend_positions(tensor, param.shape[0], model.config.position_offset)
+            if name == "embeddings.token_type.weight" and added_type and tensor.shape[0] == param.shape[0] - 1:
+                tensor = torch.cat([tensor, tensor[-1:]], dim=0)
             if tensor.shape != param.shape:
                 raise CheckpointError(f"{source}: {' + '.join(keys)} has shape {tuple(tensor.shape)}, expected "
                                       f"{tuple(param.shape)} for {name} from the config")

@@ -43,6 +43,7 @@ class TrainingConfig:
     fine_tune: str = "pseudo_masked"
     max_source_seq_length: int = 464
     max_target_seq_length: int = 48
+    answer_encoding: Optional[str] = None  # rows with an "answer": how the model sees it (s2s_ft/data/answers.py)
     mass_ratio: float = 0.5
     mass_mask_keep_rand: tuple = (0.8, 0.1, 0.1)
     mass_span_position: str = "uniform"

@@ -29,6 +29,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from s2s_ft.data.answers import uses_span
 from s2s_ft.data.batching import TokenBudgetSampler, micro_batch
 from s2s_ft.data.packing import Packer, SpecialIds
 from s2s_ft.data.reading import load_tokenizer, special_ids
@@ -100,10 +101,14 @@ def load_model(config: TrainingConfig):
     model, info = checkpoint.load_pretrained(
         config.model_type, config.model_name_or_path, config_name=config.config_name,
         min_positions=config.max_source_seq_length + config.max_target_seq_length, log=log,
-        head_init=config.fresh_head_init, dropout=config.dropout, copy_mechanism=config.copy_mechanism)
+        head_init=config.fresh_head_init, dropout=config.dropout, copy_mechanism=config.copy_mechanism,
+        answer_type=uses_span(config.answer_encoding))
     hf_config = info["hf_config"]
+    if info["answer_type_added"]:
+        log.info("answers marked in the source get a token type of their own: row %d of the token-type embeddings, "
+                 "new (a copy of row %d)", hf_config[checkpoint.ANSWER_TYPE_KEY], hf_config[checkpoint.ANSWER_TYPE_KEY] - 1)
     source_type, target_type = checkpoint.default_segment_ids(config.model_type, hf_config)
-    special = special_ids(tokenizer, source_type, target_type)
+    special = special_ids(tokenizer, source_type, target_type, checkpoint.answer_segment_id(hf_config))
     if special.vocab_size > model.config.vocab_size:
         raise UsageError(f"tokenizer {config.tokenizer_name} has {special.vocab_size} tokens but the model's "
                          f"vocabulary has {model.config.vocab_size}")

@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from s2s_ft.data.cache import cache_key, cached_columns
-from s2s_ft.data.packing import Pair, SpecialIds, packed_length
+from s2s_ft.data.packing import Pair, SourceIds, SpecialIds, packed_length
 from s2s_ft.data.reading import DataError, read_pairs
 from s2s_ft.training.config import TrainingConfig
 from s2s_ft.training.mass_sentences import read_sentences
@@ -42,7 +42,7 @@ def checkpoint_settings(config: TrainingConfig, special: SpecialIds) -> dict:
         "model_type": config.model_type, "objective": config.objective, "fine_tune": config.fine_tune,
         "max_source_seq_length": config.max_source_seq_length, "max_target_seq_length": config.max_target_seq_length,
         "special_ids": asdict(special), "target_mask_prob": config.target_mask_prob,
-        "label_smoothing": config.label_smoothing,
+        "label_smoothing": config.label_smoothing, "answer_encoding": config.answer_encoding,
     }
     if config.objective == "mass":
         settings["mass"] = {"ratio": config.mass_ratio, "mask_keep_rand": list(config.mass_mask_keep_rand),
@@ -56,16 +56,19 @@ def training_examples(config: TrainingConfig, tokenizer, special: SpecialIds) ->
         raise DataError(f"{config.train_file}: file not found")
     key = cache_key(config.train_file, config.tokenizer_name, objective=config.objective,
                     max_source_seq_length=config.max_source_seq_length,
-                    max_target_seq_length=config.max_target_seq_length, skip_bad_lines=config.skip_bad_lines)
+                    max_target_seq_length=config.max_target_seq_length, skip_bad_lines=config.skip_bad_lines,
+                    **({"answer_encoding": config.answer_encoding} if config.answer_encoding else {}))
     cache_dir = config.cache_dir or os.path.join(config.output_dir, "cache")
     if config.objective == "seq2seq":
         def build():
             pairs, _ = read_pairs(config.train_file, tokenizer, config.max_source_seq_length,
-                                  config.max_target_seq_length, skip_bad_lines=config.skip_bad_lines)
-            return [[pair.source for pair in pairs], [pair.target for pair in pairs]]
+                                  config.max_target_seq_length, config.skip_bad_lines, config.answer_encoding)
+            # the answer's span among the source ids, where one is marked: [start, end] or []
+            return [[pair.source for pair in pairs], [pair.target for pair in pairs],
+                    [list(getattr(pair.source, "answer_span", None) or ()) for pair in pairs]]
 
-        sources, targets = cached_columns(cache_dir, key, 2, build)
-        pairs = [Pair(source, target) for source, target in zip(sources, targets)]
+        sources, targets, spans = cached_columns(cache_dir, key, 3, build)
+        pairs = [Pair(SourceIds(source, span or None), target) for source, target, span in zip(sources, targets, spans)]
         lengths = [packed_length(pair, config.fine_tune) for pair in pairs]
         return TrainingData(pairs, lambda examples, generator: examples, lengths)
     (sentences,) = cached_columns(cache_dir, key, 1, lambda: [read_sentences(

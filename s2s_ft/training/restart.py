@@ -23,6 +23,7 @@ RUN_FLAGS = ("model_type", "model_name_or_path", "config_name", "fresh_head_init
              "copy_mechanism", "lora_rank", "lora_alpha", "lora_dropout",
              "tokenizer_name", "train_file",
              "skip_bad_lines", "objective", "fine_tune", "max_source_seq_length", "max_target_seq_length",
+             "answer_encoding",
              "mass_ratio", "mass_mask_keep_rand", "mass_span_position", "mass_full_target",
              "per_device_train_batch_size", "world_size", "gradient_accumulation_steps", "max_tokens_per_batch",
              "learning_rate", "weight_decay", "adam_epsilon", "max_grad_norm", "label_smoothing", "target_mask_prob",
