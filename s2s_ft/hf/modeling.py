@@ -20,8 +20,11 @@ the key/value cache, a ``transformers`` ``DynamicCache`` that holds only kept to
 mechanism it also carries the source's copy keys, reordered with the beams).
 
 Loading and saving go through s2s_ft/model/checkpoint.py (the one place key names are mapped): the directory stays
-the family's ``*ForMaskedLM`` layout, loadable with ``AutoModelForMaskedLM``. docs/hf.md says which ``generate``
-settings give the project's own search, and why ``AutoModelForCausalLM`` must not be used on these directories.
+the family's ``*ForMaskedLM`` layout, loadable with ``AutoModelForMaskedLM``, plus ``generation_config.json``.
+prompts.py holds what a prompt must be, the source-length rule every way in shares, and ``encode`` (sources with
+answers); options.py how one ``generate`` call's settings differ from a decoder-only model's and what is refused.
+docs/hf.md says which ``generate`` settings give the project's own search, and why ``AutoModelForCausalLM`` must not
+be used on these directories.
 """
 from __future__ import annotations
 
@@ -30,15 +33,19 @@ import os
 from typing import Optional, Sequence
 
 import torch
-from transformers import (DynamicCache, GenerationConfig, GenerationMixin, LogitsProcessor, LogitsProcessorList,
-                          PreTrainedConfig, PreTrainedModel)
+from transformers import (BatchEncoding, DynamicCache, GenerationConfig, GenerationMixin, LogitsProcessor,
+                          LogitsProcessorList, PreTrainedConfig, PreTrainedModel, RepetitionPenaltyLogitsProcessor)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from s2s_ft.data.methods import PADDING_RANKS, SOURCE_RANKS, get_method
 from s2s_ft.data.packing import SpecialIds, copyable_columns
 from s2s_ft.decoding.search import banned_ngram_mask, feed_inputs
+from s2s_ft.hf.options import REFUSED_SETTINGS, CallOptions, refuse_unsupported
+from s2s_ft.hf.prompts import check_answer_inputs, check_prompt_ids, encode_sources, within_source_budget
 from s2s_ft.model import checkpoint
 from s2s_ft.model.transformer import ModelConfig, UnifiedTransformer
+
+GENERATION_CONFIG_NAME = "generation_config.json"  # the model's generation settings, as transformers names them
 
 
 class S2sFtConfig(PreTrainedConfig):
@@ -115,11 +122,13 @@ class _CacheView:
 
 class _Layout:
     """Ids, positions, segments and ranks of a generation sequence: the source (``source_mask`` [B, W]: which of
-    the W prompt columns are real), then the method's feed for steps 0..g (g = tokens generated so far)."""
+    the W prompt columns are real; of those, the ones within ``max_source_length`` are read: prompts.py), then the
+    method's feed for steps 0..g (g = tokens generated so far)."""
 
-    def __init__(self, method, special: SpecialIds, source_mask: torch.Tensor):
+    def __init__(self, method, special: SpecialIds, source_mask: torch.Tensor, max_source_length: Optional[int]):
         self.method, self.special = method, special
-        real = source_mask.bool()
+        real = within_source_budget(source_mask, max_source_length)
+        self.source_read = real
         self.source_length = real.sum(1)
         self.source_key_rank = torch.where(real, SOURCE_RANKS[0], PADDING_RANKS[0])
         self.source_query_rank = torch.where(real, SOURCE_RANKS[1], PADDING_RANKS[1])
@@ -145,6 +154,29 @@ class _Layout:
                 "key_rank": key_rank, "query_rank": query_rank}, unkept
 
 
+class _PredictingStates:
+    """While active (and ``enabled``): the embeddings' and every layer's output at the last column fed, the position
+    that predicts the next token ([B, 1, hidden] each; ``collected`` is None when not enabled). The source's and the
+    kept tokens' states are not returned: without the copy mechanism the last layer does not compute them."""
+
+    def __init__(self, transformer: UnifiedTransformer, enabled: bool):
+        self.modules = (transformer.embeddings, *transformer.layers) if enabled else ()
+        self.states, self.handles = [], []
+
+    def __enter__(self) -> "_PredictingStates":
+        self.handles = [module.register_forward_hook(lambda _m, _i, output: self.states.append(output[:, -1:]))
+                        for module in self.modules]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    @property
+    def collected(self) -> Optional[tuple]:
+        return tuple(self.states) if self.modules else None
+
+
 class S2sFtForConditionalGeneration(PreTrainedModel, GenerationMixin):
     config_class = S2sFtConfig
     base_model_prefix = "transformer"
@@ -164,9 +196,15 @@ class S2sFtForConditionalGeneration(PreTrainedModel, GenerationMixin):
     # -- loading and saving: through s2s_ft/model/checkpoint.py ----------------------------------------------------
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, *args, dtype=None, torch_dtype=None,
-                        device_map=None, **kwargs) -> "S2sFtForConditionalGeneration":
+                        device_map=None, attn_implementation: Optional[str] = None,
+                        **kwargs) -> "S2sFtForConditionalGeneration":
         """A directory written by s2s-ft training (``s2s_ft_settings.json`` + the family's weights; checkpoints of
-        every version of this project). ``dtype``: e.g. torch.bfloat16; ``device_map``: a device name."""
+        every version of this project), with the generation settings ``save_pretrained`` wrote
+        (``generation_config.json``) where there are some. ``dtype``: e.g. torch.bfloat16; ``device_map``: a device
+        name; ``attn_implementation``: only "sdpa", the one the model has."""
+        if attn_implementation not in (None, "sdpa"):
+            raise ValueError(f"attn_implementation={attn_implementation!r}: the model has one attention "
+                             f"implementation, PyTorch's scaled_dot_product_attention (\"sdpa\")")
         if args or kwargs:
             unknown = list(kwargs) + [repr(a) for a in args]
             raise TypeError(f"S2sFtForConditionalGeneration.from_pretrained: unsupported argument(s) "
@@ -177,6 +215,8 @@ class S2sFtForConditionalGeneration(PreTrainedModel, GenerationMixin):
             family_config = json.load(handle)
         model = cls(S2sFtConfig.from_checkpoint(transformer.config, settings, family_config), transformer)
         model.name_or_path = path
+        if os.path.isfile(os.path.join(path, GENERATION_CONFIG_NAME)):
+            model.generation_config = GenerationConfig.from_pretrained(path, GENERATION_CONFIG_NAME)
         dtype = dtype or torch_dtype
         if dtype is not None:
             model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
@@ -185,8 +225,11 @@ class S2sFtForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return model.eval()
 
     def save_pretrained(self, save_directory: str, tokenizer=None, **kwargs) -> None:
-        """The family's ``*ForMaskedLM`` layout plus ``s2s_ft_settings.json``, as training writes it."""
+        """The family's ``*ForMaskedLM`` layout plus ``s2s_ft_settings.json``, as training writes it, and the
+        generation settings (``generation_config.json``, read back by ``from_pretrained``)."""
         settings = self.config.settings
+        # first: transformers validates the config before writing it, so a bad one leaves no half-written directory
+        self.generation_config.save_pretrained(str(save_directory))
         checkpoint.save_checkpoint(self.transformer, str(save_directory), settings["model_type"],
                                    self.config.family_config, tokenizer, settings)
 
@@ -200,55 +243,94 @@ class S2sFtForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return None  # the head is tied inside the transformer; nothing for transformers to tie or resize
 
     def default_generation_config(self) -> GenerationConfig:
-        """The project's search defaults: [SEP] ends (not as the first token), layout tokens are never generated, no
-        length normalisation,
-        a sentence stops with num_beams finished hypotheses (fairseq's and s2s-ft's rule)."""
+        """The project's search defaults: [SEP] ends (not as the first token), layout tokens are never generated, at
+        most the checkpoint's target length. Beam search's defaults (options.BEAM_DEFAULTS: no length normalisation,
+        a sentence stops with num_beams finished hypotheses) are filled in by ``generate``: ``transformers`` refuses
+        to save a config that sets beam-only flags without beams."""
         sp = self.special
-        return GenerationConfig(eos_token_id=sp.sep, pad_token_id=sp.pad, decoder_start_token_id=None,
+        return GenerationConfig(eos_token_id=sp.sep, pad_token_id=sp.pad,
                                 suppress_tokens=sorted({sp.cls, sp.pad, sp.mask} - {sp.sep}),
                                 max_new_tokens=int(self.config.settings.get("max_target_seq_length", 48)),
-                                min_new_tokens=1,
-                                length_penalty=0.0, early_stopping=True, use_cache=True)
+                                min_new_tokens=1, use_cache=True)
 
     # -- the forward pass -----------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.LongTensor, attention_mask: Optional[torch.Tensor] = None, cache=None,
                 use_cache: Optional[bool] = None, source_width: Optional[int] = None,
                 position_ids: Optional[torch.LongTensor] = None, token_type_ids=None,
-                **kwargs) -> CausalLMOutputWithPast:
+                answer_mask: Optional[torch.Tensor] = None, output_hidden_states: Optional[bool] = None,
+                output_attentions: Optional[bool] = None, **kwargs) -> CausalLMOutputWithPast:
         """Next-token log-probabilities (as ``logits`` [B, 1, V]; log-softmax leaves them unchanged) after a
         generation sequence. Without a cache (or with an empty one) ``input_ids`` is the whole sequence: the
         ``source_width`` prompt columns, then the tokens generated so far (``generate`` passes source_width; it
         defaults to all columns: a prompt alone). With a filled cache it is the last generated token (how many came
         before follows from the cache's length); ``attention_mask``'s first source_width columns mark the prompt's
-        real tokens (None: no padding, as ``generate`` passes a mask of ones).
+        real tokens (None: no padding, as ``generate`` passes a mask of ones). A prompt longer than the checkpoint's
+        source budget is read as s2s-ft-decode reads it (prompts.py).
+        ``answer_mask`` [B, source_width]: the prompt columns of the answer marked in the source (checkpoints trained
+        with a span answer encoding; ``encode`` builds it). ``output_hidden_states``: the embeddings' and every
+        layer's state [B, 1, hidden] at the position that predicts the next token.
         ``position_ids`` of the prompt are checked against the layout's (its real tokens counted from 0, so left
         padding is transparent); ``token_type_ids`` are ignored (segments follow the layout)."""
+        if output_attentions:
+            raise ValueError(f"output_attentions is not supported: {REFUSED_SETTINGS['output_attentions']}")
         cached = cache is not None and cache.get_seq_length() > 0
         if cached and source_width is None:
             raise ValueError("source_width is needed with a filled cache (generate() passes it)")
+        if not cached:
+            self._check_sequence(input_ids, attention_mask, source_width, answer_mask)
         width = input_ids.shape[1] if source_width is None else source_width
         if attention_mask is None:  # generate() drops a mask of ones: no padding
             attention_mask = torch.ones(input_ids.shape[0], width, dtype=torch.long, device=input_ids.device)
-        layout = _Layout(self.method, self.special, attention_mask[:, :width])
+        layout = _Layout(self.method, self.special, attention_mask[:, :width], self.max_source_length)
         if position_ids is not None and not cached:
-            real = attention_mask[:, :width].bool()
-            if not torch.equal(position_ids[:, :width][real], layout.source_positions[real]):
+            # the read columns but a cut prompt's closing [SEP], which moves to the end of the budget
+            compared = layout.source_read & (layout.source_positions < layout.source_length[:, None] - 1)
+            if not torch.equal(position_ids[:, :width][compared], layout.source_positions[compared]):
                 raise ValueError("position_ids of the prompt must count its real tokens from 0 (the layout the "
                                  "checkpoint was trained with); leave them out to have them computed")
-        if cached:
-            hidden, copy_state = self._step(input_ids, self._generated_count(cache.get_seq_length() - width),
-                                            layout, cache)
-        else:
-            hidden, copy_state = self._full(input_ids, width, layout, cache)
+        with _PredictingStates(self.transformer, bool(output_hidden_states)) as states:
+            if cached:
+                hidden, copy_state = self._step(input_ids, self._generated_count(cache.get_seq_length() - width),
+                                                layout, cache)
+            else:
+                hidden, copy_state = self._full(input_ids, width, layout, cache, answer_mask)
         log_probs = self._log_probs(hidden, copy_state)
-        return CausalLMOutputWithPast(logits=log_probs[:, None], cache=cache if use_cache is not False else None)
+        return CausalLMOutputWithPast(logits=log_probs[:, None], cache=cache if use_cache is not False else None,
+                                      hidden_states=states.collected)
 
-    def _full(self, input_ids, width, layout: _Layout, cache):
+    @property
+    def max_source_length(self) -> Optional[int]:
+        """The checkpoint's source budget, ``[CLS] source [SEP]`` included (s2s_ft_settings.json)."""
+        length = self.config.settings.get("max_source_seq_length")
+        return None if length is None else int(length)
+
+    def _check_sequence(self, input_ids, attention_mask, source_width: Optional[int], answer_mask) -> None:
+        """ValueError (one line) for a whole sequence (no cache) the layout cannot read: its prompt as
+        ``check_prompt_ids`` says, the generated columns within the vocabulary, answers as the checkpoint reads them."""
+        vocab_size = self.transformer.config.vocab_size
+        if not torch.is_tensor(input_ids) or input_ids.dim() != 2:
+            check_prompt_ids(input_ids, attention_mask, vocab_size, self.special)  # says what is wrong
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids "
+                             f"{tuple(input_ids.shape)}: they must match (without a cache)")
+        width = input_ids.shape[1] if source_width is None else source_width
+        mask = None if attention_mask is None else attention_mask[:, :width]
+        check_prompt_ids(input_ids[:, :width], mask, vocab_size, self.special)
+        generated = input_ids[:, width:]
+        if ((generated < 0) | (generated >= vocab_size)).any():
+            raise ValueError(f"input_ids holds a generated id outside the vocabulary (0 to {vocab_size - 1})")
+        check_answer_inputs(input_ids[:, :width], mask, answer_mask, self.config.settings, self.special)
+
+    def _full(self, input_ids, width, layout: _Layout, cache, answer_mask=None):
         """The whole sequence at once: the source, the kept columns of the steps before, the current step's feed."""
         generated = input_ids[:, width:]
         target, unkept = layout.steps(generated, 0, generated.shape[1])
+        source_types = torch.full_like(input_ids[:, :width], self.special.source_type)
+        if answer_mask is not None:  # the answer marked inside the source has a token type of its own
+            source_types = source_types.masked_fill(answer_mask.to(source_types.device).bool(),
+                                                    self.special.answer_type)
         source = {"input_ids": input_ids[:, :width], "position_ids": layout.source_positions,
-                  "token_type_ids": torch.full_like(input_ids[:, :width], self.special.source_type),
+                  "token_type_ids": source_types,
                   "key_rank": layout.source_key_rank, "query_rank": layout.source_query_rank}
         inputs = {name: torch.cat([source[name], target[name]], 1) for name in source}
         view = None
@@ -308,52 +390,56 @@ class S2sFtForConditionalGeneration(PreTrainedModel, GenerationMixin):
             model_kwargs["cache"] = S2sFtCache()
 
     def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, source_width=None,
-                                      use_cache=None, **kwargs) -> dict:
+                                      use_cache=None, answer_mask=None, output_hidden_states=None,
+                                      **kwargs) -> dict:
         cached = cache is not None and cache.get_seq_length() > 0
         return {"input_ids": input_ids[:, -1:] if cached else input_ids, "attention_mask": attention_mask,
-                "cache": cache, "source_width": source_width, "use_cache": use_cache}
+                "cache": cache, "source_width": source_width, "use_cache": use_cache, "answer_mask": answer_mask,
+                "output_hidden_states": output_hidden_states}
 
     @torch.no_grad()
     def generate(self, input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.Tensor] = None,
                  generation_config: Optional[GenerationConfig] = None,
                  logits_processor: Optional[LogitsProcessorList] = None, ngram_ignore_ids: Sequence[int] = (),
-                 **kwargs):
-        """``transformers``' generate over prompts ``[CLS] source [SEP]`` (padded on either side). One difference:
-        ``no_repeat_ngram_size`` blocks n-grams of the generated tokens only (the project's rule; transformers' own
-        processor would also ban every n-gram of the source), sparing those containing ``ngram_ignore_ids``."""
+                 answer_mask: Optional[torch.Tensor] = None, **kwargs):
+        """``transformers``' generate over prompts ``[CLS] source [SEP]`` (padded on either side; ``encode`` makes
+        them from text, with answers). The differences from a decoder-only model (docs/hf.md): a prompt is read
+        within the checkpoint's source budget as s2s-ft-decode reads it; ``no_repeat_ngram_size`` (sparing n-grams
+        with ``ngram_ignore_ids``) and ``repetition_penalty`` count the generated tokens only; ``max_length`` /
+        ``min_length`` are honoured over the class's default new-token limits; beam search defaults to the
+        project's rules (options.py); features that cannot apply are refused with a ValueError."""
+        if input_ids is None:
+            input_ids = kwargs.pop("inputs", None)
+        refuse_unsupported(kwargs, generation_config, self.generation_config)
         if input_ids is None:
             raise ValueError("generate() needs input_ids: the tokenized source, [CLS] source [SEP]")
+        check_prompt_ids(input_ids, attention_mask, self.transformer.config.vocab_size, self.special)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        self._check_prompt(input_ids, attention_mask)
-        config = generation_config if generation_config is not None else self.generation_config
-        ngram = kwargs.pop("no_repeat_ngram_size", None)
-        ngram = ngram if ngram is not None else config.no_repeat_ngram_size
-        if generation_config is not None:  # transformers' own processor must not run: a copy without it
-            generation_config = GenerationConfig.from_dict({**generation_config.to_dict(), "no_repeat_ngram_size": 0})
-        else:
-            kwargs["no_repeat_ngram_size"] = 0
+        check_answer_inputs(input_ids, attention_mask, answer_mask, self.config.settings, self.special)
+        options = CallOptions(kwargs, generation_config, self.generation_config, input_ids.shape[1])
         processors = LogitsProcessorList(logits_processor or [])
-        if ngram:
-            processors.append(TargetNoRepeatNGramLogitsProcessor(ngram, input_ids.shape[1], ngram_ignore_ids))
-        kwargs.pop("token_type_ids", None)  # the layout decides segments
+        if options.ngram_size:
+            processors.append(TargetNoRepeatNGramLogitsProcessor(options.ngram_size, input_ids.shape[1],
+                                                                 ngram_ignore_ids))
+        if options.repetition_penalty != 1.0:  # the prompt's columns are not counted
+            processors.append(RepetitionPenaltyLogitsProcessor(options.repetition_penalty,
+                                                               prompt_ignore_length=input_ids.shape[1]))
+        model_kwargs = dict(options.kwargs)
+        model_kwargs.pop("token_type_ids", None)  # the layout decides segments
+        if answer_mask is not None:
+            model_kwargs["answer_mask"] = answer_mask
         return super().generate(input_ids=input_ids, attention_mask=attention_mask,
-                                generation_config=generation_config, logits_processor=processors,
-                                source_width=input_ids.shape[1], **kwargs)
+                                generation_config=options.config, logits_processor=processors,
+                                source_width=input_ids.shape[1], **model_kwargs)
 
-    def _check_prompt(self, input_ids, attention_mask) -> None:
-        """Each row's real tokens must be ``[CLS] ... [SEP]``: the layout training used (a pipeline tokenizes
-        without special tokens unless told: ``add_special_tokens=True``)."""
-        real = attention_mask.bool()
-        lengths = real.sum(1)
-        first = real.long().argmax(1)
-        last = first + lengths - 1
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        if (lengths < 2).any() or (input_ids[rows, first] != self.special.cls).any() or (
-                input_ids[rows, last.clamp(min=0)] != self.special.sep).any() or (
-                real.long().cumsum(1).gather(1, last[:, None].clamp(min=0))[:, 0] != lengths).any():
-            raise ValueError("each prompt must be [CLS] source [SEP] with padding only outside it (tokenize with "
-                             "add_special_tokens=True; a pipeline needs add_special_tokens=True too)")
+    def encode(self, tokenizer, sources: Sequence, answers: Optional[Sequence] = None,
+               return_tensors: Optional[str] = "pt") -> BatchEncoding:
+        """Prompts for ``generate`` from text, left-padded: ``input_ids``, ``attention_mask`` and, for checkpoints
+        trained with answers marked in the source, ``answer_mask``; encoded as s2s-ft-decode encodes its input (cut
+        to the source budget, each source's answer, text or ``AnswerSource``, shown as the checkpoint was trained to
+        see it). ``model.generate(**model.encode(tok, sources, answers))``."""
+        return encode_sources(tokenizer, sources, answers, self.config.settings, self.special, return_tensors)
 
 
 class TargetNoRepeatNGramLogitsProcessor(LogitsProcessor):
