@@ -18,6 +18,7 @@ setup(
     version="0.1.0",
     description="Fine-tune pretrained BERT-like checkpoints as sequence-to-sequence generators (s2s-ft style)",
     packages=find_packages(include=["s2s_ft*", "mass_objective*"]),
+    package_data={"s2s_ft.serving": ["page.html"]},  # the server's page (GET /)
     # run_seq2seq.py and decode_seq2seq.py stay in the checkout as the s2s-ft-compatible scripts; installed, the
     # tools are these commands (and python -m s2s_ft.cli.train / .decode / .evaluate / .serve, or the short
     # python -m s2s_ft.train / .decode / .evaluate / .serve; s2s-ft-serve needs the serve extra).
@@ -39,9 +40,12 @@ setup(
         "numpy",
     ],
     extras_require={
-        "test": ["pytest", "httpx"],  # httpx: FastAPI's TestClient (tests/test_serve.py, with the serve extra)
+        # httpx: FastAPI's TestClient; openai and huggingface_hub (with transformers): the real clients the server is
+        # tested with; playwright: drives Debian's chromium for the page's test (scripts/setup.sh installs chromium)
+        "test": ["pytest", "httpx", "openai", "playwright"],
         "eval": ["rouge-score", "sacrebleu", "nltk", "matplotlib"],
-        "serve": ["fastapi", "uvicorn", "prometheus-client"],  # s2s-ft-serve (/metrics: prometheus-client)
+        # s2s-ft-serve (/metrics: prometheus-client; token streams: sse-starlette)
+        "serve": ["fastapi", "uvicorn", "prometheus-client", "sse-starlette"],
         "lora": ["peft"],  # --lora_rank, s2s_ft.hf.from_pretrained_with_adapter
     },
 )

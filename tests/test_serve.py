@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from s2s_ft.cli import serve as serve_cli  # noqa: E402
 from s2s_ft.decoding.inference import load_decoder  # noqa: E402
-from s2s_ft.serving import server as serve  # noqa: E402
+from s2s_ft.serving import app as serve_app, engine as serve, native as serve_native  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -44,7 +44,7 @@ def client_for(loaded, *flags, window_ms: float = 1.0, max_batch_size: int = 32)
     parser = serve_cli.build_parser()
     args = parser.parse_args(["--model_path", "ckpt", "--max_batch_size", str(max_batch_size), *flags])
     server = serve_cli.server_from_args(loaded, args, parser)
-    return TestClient(serve.build_app(server, window_ms / 1000))
+    return TestClient(serve_app.build_app(server, window_ms / 1000))
 
 
 class Recorder:
@@ -260,7 +260,7 @@ def test_deeply_nested_and_unexpected_failures_answer_json(loaded, monkeypatch):
     with client_for(loaded) as client:
         response = client.post("/generate", content=b'{"src": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
         assert response.status_code == 400 and "nests too deeply" in response.json()["error"]
-        monkeypatch.setattr(serve.Server, "parse", lambda self, body: 1 / 0)
+        monkeypatch.setattr(serve_native, "parse", lambda engine, fields: 1 / 0)
     with TestClient(client.app, raise_server_exceptions=False) as client:
         response = client.post("/generate", json={"src": "the cat"})
         assert response.status_code == 500

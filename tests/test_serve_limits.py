@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from s2s_ft.cli import serve as serve_cli  # noqa: E402
 from s2s_ft.decoding.inference import load_decoder  # noqa: E402
 from s2s_ft.decoding.search import DecodingStopped, SearchConfig  # noqa: E402
-from s2s_ft.serving import server as serve  # noqa: E402
+from s2s_ft.serving import app as serve_app, engine as serve  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -49,7 +49,7 @@ def loaded(checkpoint_dir):
 def app_for(loaded, *flags, window_ms: float = 1.0, test_hooks: bool = False):
     parser = serve_cli.build_parser()
     args = parser.parse_args(["--model_path", "ckpt", *flags])
-    return serve.build_app(serve_cli.server_from_args(loaded, args, parser), window_ms / 1000, test_hooks)
+    return serve_app.build_app(serve_cli.server_from_args(loaded, args, parser), window_ms / 1000, test_hooks)
 
 
 class Held:

@@ -1,5 +1,5 @@
-"""s2s-ft-serve: serve a fine-tuned checkpoint over HTTP (the server itself: s2s_ft/serving/server.py; the requests,
-limits and errors: docs/serving.md).
+"""s2s-ft-serve: serve a fine-tuned checkpoint over HTTP (the server itself: s2s_ft/serving/; the APIs, limits and
+errors: docs/serving.md).
 
     s2s-ft-serve --model_path out/ckpt-2800 [--port 8000] [search flags: the requests' defaults] [limit flags]
 """
@@ -27,15 +27,10 @@ from s2s_ft.decoding.detokenize import DETOKENIZE_HELP
 from s2s_ft.decoding.inference import load_decoder
 from s2s_ft.errors import UsageError
 from s2s_ft.model.precision import resolve_precision
-from s2s_ft.serving.server import (
-    TOO_LONG,
-    Limits,
-    RequestError,
-    Server,
-    build_app,
-    check_options,
-    require_serving_packages,
-)
+from s2s_ft.serving.app import build_app
+from s2s_ft.serving.engine import TOO_LONG, Engine, Limits, check_options
+from s2s_ft.serving.errors import RequestError
+from s2s_ft.serving.metrics import require_serving_packages
 
 log = logging.getLogger("s2s_ft.serve")
 
@@ -51,11 +46,15 @@ def option_types(parser: argparse.ArgumentParser) -> dict[str, type]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Serve a fine-tuned checkpoint over HTTP: POST /generate {\"src\": ..., options} -> "
-                    "{\"output\": ...}; GET /health; GET /metrics. The search flags are the defaults of the "
-                    "requests' options; the limit flags bound what any request may take.")
+        description="Serve a fine-tuned checkpoint over HTTP: this project's POST /generate {\"src\": ...}, "
+                    "text-generation-inference's API (POST /generate, /generate_stream, /, GET /info), OpenAI's "
+                    "completions (POST /v1/completions, GET /v1/models), a page to try it (GET /), GET /health, "
+                    "GET /metrics. The search flags are the defaults of the requests' options; the limit flags bound "
+                    "what any request may take.")
     add = p.add_argument
     add("--model_path", required=True, help="a fine-tuned checkpoint dir")
+    add("--served_model_name", default=None,
+        help="the model's name in the OpenAI and TGI APIs (\"model\", model_id; default: --model_path as given)")
     add("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     add("--port", type=int, default=8000)
     add("--batch_window_ms", type=float, default=5.0,
@@ -76,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
              "or refuse the request (422)")
     add("--max_beams", type=int, default=defaults.max_beams,
         help="a larger beam_size or num_return_sequences gets 422 (default 16)")
+    add("--max_stop_sequences", type=int, default=defaults.max_stop_sequences,
+        help="more stop sequences in one request get 422 (default 4, as TGI and OpenAI)")
     add("--max_target_tokens", type=int, default=defaults.max_target_tokens,
         help="a larger max_tgt_length gets 422 (default: the checkpoint's max_target_seq_length, what it was "
              "trained to write)")
@@ -118,14 +119,15 @@ def check_serve_args(args: argparse.Namespace) -> None:
     check_quantize_flag(args)
 
 
-def server_from_args(loaded, args: argparse.Namespace, parser: argparse.ArgumentParser) -> Server:
-    """The Server of the flags around a loaded checkpoint: the limit flags its Limits, the search flags the
+def server_from_args(loaded, args: argparse.Namespace, parser: argparse.ArgumentParser) -> Engine:
+    """The Engine of the flags around a loaded checkpoint: the limit flags its Limits, the search flags the
     requests' defaults."""
-    return Server(loaded, Limits.from_options(vars(args)), vars(args), option_types(parser), args.model_path)
+    return Engine(loaded, Limits.from_options(vars(args)), vars(args), option_types(parser), args.model_path,
+                  getattr(args, "served_model_name", None) or args.model_path)
 
 
-def make_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Server:
-    """Check the flags, load the checkpoint; the Server with the search flags as the requests' defaults."""
+def make_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Engine:
+    """Check the flags, load the checkpoint; the Engine with the search flags as the requests' defaults."""
     check_serve_args(args)
     loaded = load_decoder(args.model_path, args.device, args.precision, args.detokenize, args.quantize)
     server = server_from_args(loaded, args, parser)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Callable, Optional, Sequence
+from typing import Callable, Collection, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -20,7 +20,7 @@ from s2s_ft.data.answers import AnswerSource, check_answer
 from s2s_ft.data.packing import SpecialIds
 from s2s_ft.data.reading import load_tokenizer, prepare_sources
 from s2s_ft.decoding.detokenize import DETOKENIZERS, detokenize
-from s2s_ft.decoding.search import Hypothesis, SearchConfig, Seq2SeqDecoder
+from s2s_ft.decoding.search import Hypothesis, SearchConfig, Seq2SeqDecoder, StepEvent
 from s2s_ft.decoding.source_words import continuation_ids
 from s2s_ft.errors import UsageError
 from s2s_ft.model import checkpoint
@@ -81,7 +81,9 @@ class LoadedDecoder:
                    progress: bool = False, shard: tuple[int, int] = (0, 1),
                    keys: Optional[Sequence[int]] = None,
                    should_stop: Optional[Callable[[], bool]] = None,
-                   after_batch: Optional[Callable[[], object]] = None) -> list[Optional[list[Hypothesis]]]:
+                   after_batch: Optional[Callable[[], object]] = None,
+                   on_step: Optional[Callable[[list[StepEvent]], object]] = None,
+                   drop: Optional[Callable[[], Collection[int]]] = None) -> list[Optional[list[Hypothesis]]]:
         """Hypotheses per source in input order; batches are formed from length-sorted sources.
 
         With ``config.do_sample`` each source's samples are seeded from (``config.seed``, its key, the sample's
@@ -94,6 +96,8 @@ class LoadedDecoder:
 
         ``should_stop``: asked before every decoding step; True ends the call with ``DecodingStopped``.
         ``after_batch``: called after each batch (e.g. to trim the heap during training's dev evaluation).
+        ``on_step`` / ``drop``: as ``Seq2SeqDecoder.generate``'s (streaming), with sentences named by their positions
+        in ``sources``.
         """
         if config.source_words_only and not config.continuation_ids:
             config = dataclasses.replace(config, continuation_ids=self.continuation_ids)
@@ -106,8 +110,10 @@ class LoadedDecoder:
         results: list[Optional[list[Hypothesis]]] = [None] * len(sources)
         bar = tqdm(total=sum(map(len, mine)), desc="decode", disable=not progress or None)
         for chunk in mine:
+            stepped = None if on_step is None else functools.partial(_events_in_call, on_step, chunk)
+            local = None if drop is None else functools.partial(_drop_in_chunk, drop, chunk)
             for index, hyps in zip(chunk, self.decoder.generate([sources[i] for i in chunk], config,
-                                                                [keys[i] for i in chunk], should_stop)):
+                                                                [keys[i] for i in chunk], should_stop, stepped, local)):
                 results[index] = hyps
             bar.update(len(chunk))
             if after_batch is not None:
@@ -131,6 +137,17 @@ class LoadedDecoder:
                               **search)
         return [self.text(hyps[0].tokens) if hyps else ""
                 for hyps in self.decode_ids(ids, config, batch_size, after_batch=after_batch)]
+
+
+def _events_in_call(on_step: Callable, chunk: list[int], events: list[StepEvent]) -> None:
+    """A batch's step events, their sentences renamed from positions in the batch to positions in the call."""
+    on_step([dataclasses.replace(event, sentence=chunk[event.sentence]) for event in events])
+
+
+def _drop_in_chunk(drop: Callable, chunk: list[int]) -> list[int]:
+    """The call's sentences to drop, as positions in the batch ``chunk``."""
+    gone = set(drop())
+    return [i for i, position in enumerate(chunk) if position in gone]
 
 
 def with_answers(sources: Sequence, answers: Optional[Sequence]) -> list:

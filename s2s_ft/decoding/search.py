@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 
 import torch
 
@@ -161,6 +161,22 @@ class Hypothesis:
     score: float  # length-normalised
     log_prob: float
     finished: bool = True
+    # each output token's log-probability (the closing [SEP]'s last, when finished): they sum to log_prob
+    token_log_probs: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """What one step did to one sentence (or one sample row of it), for callers that stream (``on_step`` of
+    ``Seq2SeqDecoder.generate``): the token chosen and its log-probability, and ``end`` when this step ended it:
+    "eos" (the token is [SEP]), "length" (``max_tgt_length`` reached: the token is its last), "stopped" (``drop``
+    asked; no token) or "empty" (every token was banned; no token). Greedy search and sampling choose a token for
+    good at each step; beam search revises its beams, so it reports no steps (its hypotheses come at the end)."""
+    sentence: int  # position in the call's sources
+    token: Optional[int]
+    log_prob: float = 0.0
+    sample: int = 0  # sampling: the row j < num_return_sequences
+    end: Optional[str] = None
 
 
 def gnmt_length_penalty(length: int, alpha: float) -> float:
@@ -190,6 +206,7 @@ class _Rows:
     source_length: torch.Tensor  # [R] real source length n_src (incl. [CLS] and [SEP])
     tokens: torch.Tensor  # [R, t] generated so far
     scores: torch.Tensor  # [R] summed log-probs
+    token_scores: torch.Tensor  # [R, t] each generated token's log-prob
     history: dict = field(default_factory=dict)  # no-cache path: every stored input tensor so far
     # Beam search with the cache: the cache columns of the row's sequence (its sentence's source, then its own
     # stored target tokens), in its sentence's cache row, which all the sentence's beams share.
@@ -200,7 +217,7 @@ class _Rows:
 
     def select(self, index: torch.Tensor) -> "_Rows":
         return _Rows(self.sentence[index], self.source_length[index], self.tokens[index], self.scores[index],
-                     {name: value[index] for name, value in self.history.items()},
+                     self.token_scores[index], {name: value[index] for name, value in self.history.items()},
                      None if self.columns is None else self.columns[index],
                      None if self.copy is None else tuple(value[index] for value in self.copy))
 
@@ -280,7 +297,8 @@ class Seq2SeqDecoder:
         expand = torch.arange(n, device=self.device).repeat_interleave(m)
         rows = _Rows(sentence=expand.clone(), source_length=(prefix.key_rank == 0).sum(1)[expand],
                      tokens=torch.zeros(n * m, 0, dtype=torch.long, device=self.device),
-                     scores=torch.zeros(n * m, device=self.device))
+                     scores=torch.zeros(n * m, device=self.device),
+                     token_scores=torch.zeros(n * m, 0, device=self.device))
         if cache is not None and config.do_sample:
             cache.reorder(expand)  # samples leave one by one: each row keeps its own copy of the source
         elif cache is not None:  # beams leave with their sentence: they share its cache row (_forward_beams)
@@ -318,7 +336,7 @@ class Seq2SeqDecoder:
             log_probs.masked_fill_(words.banned(rows.tokens, rows.sentence), float("-inf"))
         return log_probs
 
-    def _sentence_step(self, ranked, first_row: int, tokens: torch.Tensor, done: list[Hypothesis], last_step: bool,
+    def _sentence_step(self, ranked, first_row: int, rows: _Rows, done: list[Hypothesis], last_step: bool,
                        config: SearchConfig) -> list[tuple[int, int, float]]:
         """One sentence's step: ``ranked`` holds its best 2k (score, beam, token) candidates in rank order. Finished
         hypotheses are appended to ``done``; returns the k (row, token, score) that stay live, [] if it is done."""
@@ -332,10 +350,7 @@ class Seq2SeqDecoder:
                 # only a [SEP] that would have kept its place in the beam finishes; the break below never skips one
                 # (the k-th live candidate has rank >= k - 1)
                 if rank < k and len(done) < k:
-                    ids = tokens[row].tolist() + ([] if t == sep else [t])
-                    length = len(ids) + 1 if t == sep else len(ids)
-                    done.append(Hypothesis(ids, score / gnmt_length_penalty(length, config.length_penalty), score,
-                                           finished=t == sep))
+                    done.append(self._hypothesis(rows, row, t, score, config, finished=t == sep))
             elif len(chosen) < k:
                 chosen.append((row, t, score))
             if len(chosen) == k:
@@ -345,6 +360,19 @@ class Seq2SeqDecoder:
         while len(chosen) < k:  # fewer live candidates than beams: pad with dead copies
             chosen.append((chosen[0][0], chosen[0][1], float("-inf")))
         return chosen
+
+    def _hypothesis(self, rows: _Rows, row: int, token: Optional[int], score: float, config: SearchConfig,
+                    finished: bool) -> Hypothesis:
+        """Row ``row``'s tokens followed by ``token`` (None: nothing more; [SEP]: finished, not an output token) as a
+        hypothesis of summed log-prob ``score``."""
+        ids, token_log_probs = rows.tokens[row].tolist(), rows.token_scores[row].tolist()
+        if token is not None:
+            token_log_probs.append(score - float(rows.scores[row]))
+            if not finished:
+                ids.append(token)
+        length = len(ids) + 1 if finished else len(ids)
+        return Hypothesis(ids, score / gnmt_length_penalty(length, config.length_penalty), score, finished=finished,
+                          token_log_probs=token_log_probs)
 
     def _choose(self, rows: _Rows, log_probs: torch.Tensor, last_step: bool, config: SearchConfig,
                 finished: list[list[Hypothesis]], beams: int) -> list[tuple[int, int, float]]:
@@ -361,8 +389,44 @@ class Seq2SeqDecoder:
         kept = []
         for a, sentence in enumerate(sentences.tolist()):
             ranked = zip(top_scores_h[a], beam_h[a], token_h[a])
-            kept += self._sentence_step(ranked, a * beams, rows.tokens, finished[sentence], last_step, config)
+            kept += self._sentence_step(ranked, a * beams, rows, finished[sentence], last_step, config)
         return kept
+
+    def _greedy_events(self, rows: _Rows, kept: list, finished: list[list[Hypothesis]],
+                       counts: list[int]) -> list[StepEvent]:
+        """One beam: what this step did to each sentence that was live (``counts``: its finished hypotheses
+        before the step)."""
+        live = {row: (token, score) for row, token, score in kept}
+        scores, events = rows.scores.tolist(), []
+        for row, sentence in enumerate(rows.sentence.tolist()):
+            if len(finished[sentence]) > counts[sentence]:
+                hyp = finished[sentence][-1]
+                events.append(StepEvent(sentence, self.special.sep if hyp.finished else hyp.tokens[-1],
+                                        hyp.token_log_probs[-1], end="eos" if hyp.finished else "length"))
+            elif row in live:
+                events.append(StepEvent(sentence, live[row][0], live[row][1] - scores[row]))
+            else:
+                events.append(StepEvent(sentence, None, end="empty"))
+        return events
+
+    def _drop_sentences(self, rows: _Rows, cache: Optional[KVCache], gone, beams: int,
+                        finished: list[list[Hypothesis]], config: SearchConfig) -> tuple[_Rows, list[StepEvent]]:
+        """Beam search and greedy: the sentences in ``gone`` leave the batch now, each with its best live beam as an
+        unfinished hypothesis (unless it has finished ones); their cache rows go."""
+        sentences = rows.sentence.tolist()
+        gone = set(gone) & set(sentences)
+        if not gone:
+            return rows, []
+        scores = rows.scores.tolist()
+        for sentence in sorted(gone):
+            if not finished[sentence]:
+                best = max((r for r, s in enumerate(sentences) if s == sentence), key=lambda r: scores[r])
+                finished[sentence].append(self._hypothesis(rows, best, None, scores[best], config, finished=False))
+        keep = torch.tensor([r for r, s in enumerate(sentences) if s not in gone], dtype=torch.long,
+                            device=self.device)
+        if cache is not None:
+            cache.reorder(keep[::beams] // beams)
+        return rows.select(keep), [StepEvent(sentence, None, end="stopped") for sentence in sorted(gone)]
 
     def _cache_dtype(self) -> torch.dtype:
         return self.autocast_dtype or next(self.model.parameters()).dtype
@@ -388,12 +452,17 @@ class Seq2SeqDecoder:
     @torch.inference_mode()
     def generate(self, sources: Sequence[Sequence[int]], config: SearchConfig,
                  keys: Optional[Sequence[int]] = None,
-                 should_stop: Optional[Callable[[], bool]] = None) -> list[list[Hypothesis]]:
+                 should_stop: Optional[Callable[[], bool]] = None,
+                 on_step: Optional[Callable[[list[StepEvent]], object]] = None,
+                 drop: Optional[Callable[[], Collection[int]]] = None) -> list[list[Hypothesis]]:
         """Best ``config.nbest`` hypotheses per source, best first; sources are token ids without specials.
         With ``config.do_sample``: ``num_return_sequences`` samples per source in row order; ``keys`` (default
         0..n-1) name the sentences for the seeds (pass input positions to make samples batch-independent).
         ``should_stop`` is asked before every step; if it says True the call ends with ``DecodingStopped`` (a
-        server stops decoding for clients that have gone)."""
+        server stops decoding for clients that have gone). For streaming: ``on_step`` gets each step's
+        ``StepEvent`` list (greedy search and sampling), and ``drop`` is asked before every step for the sentences
+        (positions in ``sources``) to stop now: their rows leave the batch and they end with what they have
+        (``finished`` False), while the others go on."""
         config.check()
         rows, cache = self._start(sources, config)
         sp = self.special
@@ -406,74 +475,115 @@ class Seq2SeqDecoder:
                 raise UsageError("source_words_only needs the vocabulary's continuation pieces (decode through "
                                  "LoadedDecoder, or set continuation_ids from decoding.source_words.continuation_ids)")
             words = SourceWords(sources, config.continuation_ids, self.model.config.vocab_size, self.device)
+        constraints = (never_generated, ignore_ids, words)
         if config.do_sample:
-            return self._sample(sources, config, keys, rows, cache, never_generated, ignore_ids, should_stop, words)
+            return self._sample(sources, config, keys, rows, cache, constraints, should_stop, on_step, drop)
+        return self._beam_search(sources, config, rows, cache, constraints, should_stop, on_step, drop)
+
+    def _beam_search(self, sources, config: SearchConfig, rows: _Rows, cache: Optional[KVCache], constraints: tuple,
+                     should_stop, on_step, drop) -> list[list[Hypothesis]]:
         finished: list[list[Hypothesis]] = [[] for _ in sources]
         k = config.beam_size
         for step in range(config.max_tgt_length):
             stop_if_asked(should_stop)
             beams = 1 if step == 0 else k  # rows per sentence
-            log_probs = self._log_probs(rows, step, cache, config, never_generated, ignore_ids, words)
+            if drop is not None:
+                rows, events = self._drop_sentences(rows, cache, drop(), beams, finished, config)
+                if events and on_step is not None and k == 1:
+                    on_step(events)
+                if not rows.tokens.shape[0]:
+                    break
+            log_probs = self._log_probs(rows, step, cache, config, *constraints)
+            counts = [len(hyps) for hyps in finished]
             kept = self._choose(rows, log_probs, step + 1 == config.max_tgt_length, config, finished, beams)
+            if on_step is not None and k == 1:
+                on_step(self._greedy_events(rows, kept, finished, counts))
             if not kept:
                 break
             index = torch.tensor([row for row, _, _ in kept], device=self.device)
             if cache is not None and len(kept) // k < rows.tokens.shape[0] // beams:
                 cache.reorder(index[::k] // beams)  # sentences left: their cache rows go
             rows = rows.select(index)
-            rows.tokens = torch.cat([rows.tokens, torch.tensor([t for _, t, _ in kept], device=self.device)[:, None]],
-                                    1)
-            rows.scores = torch.tensor([score for _, _, score in kept], device=self.device, dtype=rows.scores.dtype)
-
+            self._append(rows, [t for _, t, _ in kept], [score for _, _, score in kept])
         results = []
         for hyps in finished:
             hyps.sort(key=lambda h: h.score, reverse=True)
             results.append(hyps[:config.nbest])
         return results
 
+    def _append(self, rows: _Rows, tokens: list[int], scores: list[float]) -> None:
+        """Each (already selected) row's next token and its new summed log-prob."""
+        scores = torch.tensor(scores, device=self.device, dtype=rows.scores.dtype)
+        rows.tokens = torch.cat([rows.tokens, torch.tensor(tokens, device=self.device)[:, None]], 1)
+        rows.token_scores = torch.cat([rows.token_scores, (scores - rows.scores)[:, None]], 1)
+        rows.scores = scores
+
     # -- sampling --------------------------------------------------------------------------------------------------
     def _sample(self, sources, config: SearchConfig, keys, rows: _Rows, cache: Optional[KVCache],
-                never_generated: torch.Tensor, ignore_ids: torch.Tensor,
-                should_stop: Optional[Callable[[], bool]],
-                words: Optional[SourceWords] = None) -> list[list[Hypothesis]]:
+                constraints: tuple, should_stop: Optional[Callable[[], bool]], on_step, drop) -> list[list[Hypothesis]]:
         m = config.num_return_sequences
         keys = list(range(len(sources))) if keys is None else list(keys)
-        generators = [row_generator(config.seed, keys[i // m], i % m) for i in range(len(sources) * m)]
-        slot = list(range(len(sources) * m))  # each live row's (sentence * m + j)
+        state = _SampleRows(rows, cache, [row_generator(config.seed, keys[i // m], i % m)
+                                          for i in range(len(sources) * m)], list(range(len(sources) * m)))
         found: list[Optional[Hypothesis]] = [None] * (len(sources) * m)
         for step in range(config.max_tgt_length):
             stop_if_asked(should_stop)
-            log_probs = self._log_probs(rows, step, cache, config, never_generated, ignore_ids, words)
-            tokens = sample_tokens(sampling_log_probs(log_probs, config), generators)
-            last = step + 1 == config.max_tgt_length
+            events = []
+            gone = set(drop()) if drop is not None else set()
+            if gone:  # these sentences' rows leave now, with what they have
+                stays = []
+                for r, s in enumerate(state.slot):
+                    if s // m in gone:
+                        found[s] = self._hypothesis(state.rows, r, None, float(state.rows.scores[r]), config, False)
+                        events.append(StepEvent(s // m, None, sample=s % m, end="stopped"))
+                    else:
+                        stays.append(r)
+                state.keep(stays, self.device)
             keep = []
-            token_list, scores_h = tokens.tolist(), rows.scores.tolist()
-            chosen = log_probs.gather(1, tokens.clamp(min=0).to(log_probs.device)[:, None])[:, 0].tolist()
-            for r, t in enumerate(token_list):
-                if t < 0:  # every token banned: the row ends without a hypothesis
-                    continue
-                score = scores_h[r] + chosen[r]
-                if t == self.special.sep or last:
-                    ids = rows.tokens[r].tolist() + ([] if t == self.special.sep else [t])
-                    length = len(ids) + 1 if t == self.special.sep else len(ids)
-                    found[slot[r]] = Hypothesis(ids, score / gnmt_length_penalty(length, config.length_penalty),
-                                                score, finished=t == self.special.sep)
-                else:
-                    keep.append((r, t, score))
+            if state.slot:
+                log_probs = self._log_probs(state.rows, step, state.cache, config, *constraints)
+                tokens = sample_tokens(sampling_log_probs(log_probs, config), state.generators)
+                chosen = log_probs.gather(1, tokens.clamp(min=0).to(log_probs.device)[:, None])[:, 0].tolist()
+                last, scores = step + 1 == config.max_tgt_length, state.rows.scores.tolist()
+                for r, t in enumerate(tokens.tolist()):
+                    s = state.slot[r]
+                    if t < 0:  # every token banned: the row ends without a hypothesis
+                        events.append(StepEvent(s // m, None, sample=s % m, end="empty"))
+                        continue
+                    score, ended = scores[r] + chosen[r], t == self.special.sep or last
+                    if ended:
+                        found[s] = self._hypothesis(state.rows, r, t, score, config, finished=t == self.special.sep)
+                    else:
+                        keep.append((r, t, score))
+                    events.append(StepEvent(s // m, t, chosen[r], sample=s % m,
+                                            end=None if not ended else "eos" if t == self.special.sep else "length"))
+            if on_step is not None and events:
+                on_step(events)
             if not keep:
                 break
-            keep_rows = [r for r, _, _ in keep]
-            index = torch.tensor(keep_rows, device=self.device)
-            if len(keep_rows) != rows.tokens.shape[0]:  # rows only ever leave; the live ones never move
-                rows = rows.select(index)
-                if cache is not None:
-                    cache.reorder(index)
-                generators = [generators[r] for r in keep_rows]
-                slot = [slot[r] for r in keep_rows]
-            rows.tokens = torch.cat([rows.tokens, torch.tensor([t for _, t, _ in keep], device=self.device)[:, None]],
-                                    1)
-            rows.scores = torch.tensor([s for _, _, s in keep], device=self.device, dtype=rows.scores.dtype)
+            state.keep([r for r, _, _ in keep], self.device)
+            self._append(state.rows, [t for _, t, _ in keep], [score for _, _, score in keep])
         return [[h for h in found[i * m:(i + 1) * m] if h is not None] for i in range(len(sources))]
+
+
+@dataclass
+class _SampleRows:
+    """Sampling's live rows: their state, cache rows, generators and slots (sentence * m + j). Rows only ever leave;
+    the live ones never move."""
+    rows: _Rows
+    cache: Optional[KVCache]
+    generators: list
+    slot: list[int]
+
+    def keep(self, keep_rows: list[int], device) -> None:
+        if len(keep_rows) == len(self.slot):
+            return
+        index = torch.tensor(keep_rows, dtype=torch.long, device=device)
+        self.rows = self.rows.select(index)
+        if self.cache is not None and keep_rows:
+            self.cache.reorder(index)
+        self.generators = [self.generators[r] for r in keep_rows]
+        self.slot = [self.slot[r] for r in keep_rows]
 
 
 def feed_inputs(feed: Sequence, previous: Optional[torch.Tensor], source_length: torch.Tensor,
