@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # import s2s_ft without installing it
 
 from s2s_ft.cli import train
+from s2s_ft.data.answers import uses_span
 from s2s_ft.data.packing import Pair, SpecialIds
 from s2s_ft.data.reading import load_tokenizer, special_ids  # noqa: E402
 from s2s_ft.model import checkpoint
@@ -262,3 +263,27 @@ def launch(script: str, args, nproc: int = 2) -> subprocess.CompletedProcess:
 def torchrun(args, nproc: int = 2) -> subprocess.CompletedProcess:
     """``run_seq2seq.py ARGS`` on NPROC CPU ranks."""
     return launch("run_seq2seq.py", ["--no_cuda", *args], nproc)
+
+
+def make_answer_checkpoint(directory, encoding: str, method: str, copy: bool) -> str:
+    """Random weights (std 0.3, the answer type's row too) saved as a checkpoint trained with ``encoding``; a source
+    budget of 16 cuts the last row around its answer."""
+    (directory / "base").mkdir()
+    base = write_tiny_bert(directory / "base", WORDS)
+    model, info = checkpoint.load_pretrained("bert", base, copy_mechanism=copy, answer_type=uses_span(encoding))
+    torch.manual_seed(21)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.3)
+    tokenizer = load_tokenizer(base)
+    hf_config = info["hf_config"]
+    special = special_ids(tokenizer, *checkpoint.default_segment_ids("bert", hf_config),
+                          checkpoint.answer_segment_id(hf_config))
+    with torch.no_grad():
+        model.head.bias[special.sep] += 2.0
+    out = directory / "ckpt"
+    checkpoint.save_checkpoint(model, str(out), "bert", hf_config, tokenizer, {
+        "fine_tune": method, "max_source_seq_length": 16, "max_target_seq_length": 10,
+        "special_ids": asdict(special), "answer_encoding": encoding})
+    return str(out)

@@ -5,48 +5,22 @@ for each answer encoding. Random weights: nothing is trained.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
 
 import pytest
 import torch
-from conftest import WORDS, write_tiny_bert
+from conftest import make_answer_checkpoint
 
 from s2s_ft.data.answers import uses_segment, uses_span
-from s2s_ft.data.reading import load_tokenizer, special_ids
+from s2s_ft.data.reading import load_tokenizer
 from s2s_ft.decoding.inference import load_decoder, with_answers
 from s2s_ft.decoding.search import SearchConfig
 from s2s_ft.hf import S2sFtForConditionalGeneration
-from s2s_ft.model import checkpoint
 
 ROWS = [("the cat sat on the mat", "the mat"), ("the cat sat on the mat", "cat"), ("a dog ran", "dog"),
         ("who sat on the big red mat ?", "big red mat"), ("the fish is red", "paris"),  # not in the source
         ("the big red bird sat on a small blue tree where the cat ran on the mat", "blue tree")]
 SOURCES, ANSWERS = [s for s, _ in ROWS], [a for _, a in ROWS]
 CASES = [("span+segment", "pseudo_masked", True), ("span", "causal", False), ("segment", "masked", True)]
-
-
-def make_answer_checkpoint(directory, encoding: str, method: str, copy: bool) -> str:
-    """Random weights (std 0.3, the answer type's row too) saved as a checkpoint trained with ``encoding``; a source
-    budget of 16 cuts the last row around its answer."""
-    (directory / "base").mkdir()
-    base = write_tiny_bert(directory / "base", WORDS)
-    model, info = checkpoint.load_pretrained("bert", base, copy_mechanism=copy, answer_type=uses_span(encoding))
-    torch.manual_seed(21)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.3)
-    tokenizer = load_tokenizer(base)
-    hf_config = info["hf_config"]
-    special = special_ids(tokenizer, *checkpoint.default_segment_ids("bert", hf_config),
-                          checkpoint.answer_segment_id(hf_config))
-    with torch.no_grad():
-        model.head.bias[special.sep] += 2.0
-    out = directory / "ckpt"
-    checkpoint.save_checkpoint(model, str(out), "bert", hf_config, tokenizer, {
-        "fine_tune": method, "max_source_seq_length": 16, "max_target_seq_length": 10,
-        "special_ids": asdict(special), "answer_encoding": encoding})
-    return str(out)
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[case[0] for case in CASES])

@@ -11,7 +11,7 @@ import threading
 from collections import deque
 from typing import Callable, Optional
 
-from s2s_ft.serving.engine import Job
+from s2s_ft.serving.engine import Job, on_loop
 
 log = logging.getLogger("s2s_ft.serve")
 
@@ -68,10 +68,10 @@ class DecodingThread:
                 outcome = error
             except BaseException:  # the thread ends; its caller must not wait for ever
                 if loop is not None:
-                    loop.call_soon_threadsafe(_settle, future, DecoderStopped("the decoding thread has stopped"))
+                    hand_over(loop, future, DecoderStopped("the decoding thread has stopped"))
                 self._fail_waiting(inbox)
                 raise
-            loop.call_soon_threadsafe(_settle, future, outcome)
+            hand_over(loop, future, outcome)
 
     @staticmethod
     def _fail_waiting(inbox: queue.SimpleQueue) -> None:
@@ -81,7 +81,11 @@ class DecodingThread:
             except queue.Empty:
                 return
             if item is not None and item[2] is not None:
-                item[2].call_soon_threadsafe(_settle, item[3], DecoderStopped("the decoding thread has stopped"))
+                hand_over(item[2], item[3], DecoderStopped("the decoding thread has stopped"))
+
+
+def hand_over(loop: asyncio.AbstractEventLoop, future: asyncio.Future, outcome) -> None:
+    on_loop(loop, _settle, future, outcome)
 
 
 def _settle(future: asyncio.Future, outcome) -> None:

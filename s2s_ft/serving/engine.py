@@ -111,6 +111,16 @@ class StreamItem:
     output: Optional[Output] = None
 
 
+def on_loop(loop: asyncio.AbstractEventLoop, function: Callable, *args) -> None:
+    """``function(*args)`` on ``loop``, from another thread; nothing if the loop has closed meanwhile (the app
+    stopped while a call was decoding: nobody waits for its outcome any more)."""
+    try:
+        loop.call_soon_threadsafe(function, *args)
+    except RuntimeError:
+        if not loop.is_closed():
+            raise
+
+
 class StreamSink:
     """Where a streaming job's items go: an asyncio queue on the event loop, fed from the decoding thread."""
 
@@ -118,7 +128,7 @@ class StreamSink:
         self.loop, self.queue = loop, asyncio.Queue()
 
     def put(self, item: StreamItem) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        on_loop(self.loop, self.queue.put_nowait, item)
 
 
 @dataclasses.dataclass(eq=False)

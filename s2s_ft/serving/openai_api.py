@@ -188,7 +188,7 @@ def chunk(parsed: Parsed, index: int, text: str, reason=None) -> bytes:
 
 
 def sse(payload) -> bytes:
-    return b"data: " + (payload if isinstance(payload, bytes) else json.dumps(payload, ensure_ascii=False).encode()) \
+    return b"data: " + (payload if isinstance(payload, bytes) else json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()) \
         + b"\n\n"
 
 

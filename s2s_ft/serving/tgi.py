@@ -178,7 +178,7 @@ def answer(engine: Engine, parsed: Parsed, outputs: list[list[Output]]):
 
 def event(payload: dict) -> bytes:
     """One Server-Sent Event as TGI writes it: ``data:`` and the JSON, no space."""
-    return b"data:" + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+    return b"data:" + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
 async def stream_events(engine: Engine, parsed: Parsed, items):
