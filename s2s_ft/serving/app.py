@@ -118,7 +118,8 @@ async def one_event(payload: dict):
 
 def build_app(engine: Engine, window_s: float = 0.005, test_hooks: bool = False):
     """The FastAPI application around ``engine`` (its routes, and the batcher started with the application).
-    ``test_hooks``: also ``POST /_test/kill_decoder`` (ends the decoding thread, for fault tests)."""
+    ``test_hooks``: also ``POST /_test/kill_decoder`` (ends the decoding thread) and ``POST /_test/step_delay/S``
+    (every decoding step waits S seconds), for fault tests."""
     require_serving_packages()
     from fastapi import FastAPI
 
@@ -140,6 +141,11 @@ def build_app(engine: Engine, window_s: float = 0.005, test_hooks: bool = False)
         async def kill_decoder():
             routes.batcher.thread.kill()
             return {"status": "killing the decoding thread"}
+
+        @app.post("/_test/step_delay/{seconds}")
+        async def step_delay(seconds: float):  # slow decoding down, to act in the middle of a stream
+            engine.step_delay_s = seconds
+            return {"step_delay_s": seconds}
     return app
 
 

@@ -208,6 +208,7 @@ class Engine:
         self.max_target_tokens = self.limits.max_target_tokens or int(loaded.settings["max_target_seq_length"])
         self.model_path, self.model_id = model_path, model_id or model_path
         self.created = time.time()  # the model's "created" time in OpenAI's model list
+        self.step_delay_s = 0.0  # tests only (--test_hooks): every decoding step waits this long
         # HF fast tokenizers must not be used from two threads at once ("Already borrowed").
         self.tokenizer_lock = threading.Lock()
         self.default_ignore = self.ignore_ids(self.defaults["forbid_ignore_word"])
@@ -346,7 +347,7 @@ class Engine:
         sources = [ids for job in jobs for ids in job.ids]
         owner = [(job, i) for job in jobs for i in range(len(job.ids))]  # the group's source -> (job, its source)
         keys = [i for _, i in owner]  # sampling seeds: position in the request
-        following = any(job.follows_steps for job in jobs)
+        following = any(job.follows_steps for job in jobs) or self.step_delay_s
         hyps = self.loaded.decode_ids(
             sources, config, self.batch_size(config, jobs), keys=keys, should_stop=should_stop,
             on_step=(lambda events: self.on_step(owner, events)) if following else None,
@@ -362,6 +363,8 @@ class Engine:
 
     # -- rows followed step by step (the decoding thread) ---------------------------------------------------------
     def on_step(self, owner: list, events: list[StepEvent]) -> None:
+        if self.step_delay_s:
+            time.sleep(self.step_delay_s)
         for event in events:
             job, source = owner[event.sentence]
             if job.abandoned.is_set():
