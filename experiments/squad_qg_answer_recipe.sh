@@ -32,7 +32,7 @@ EVAL_STEPS="${EVAL_STEPS:-700}"
 COPY="${COPY:-1}"
 SCORE="${SCORE:-1}"
 TEST="${TEST:-0}"
-SPLITS_DECODED="${SPLITS_DECODED:-dev}"
+SPLITS_DECODED="${SPLITS_DECODED-dev}"  # "" (set but empty): decode no split
 DECODE_FLAGS="${DECODE_FLAGS:---beam_size 5 --length_penalty 2.0 --min_len 6 --forbid_duplicate_ngrams --ngram_size 3}"
 AGNOSTIC="${AGNOSTIC:-}"
 if [ "$COPY" != 0 ]; then EXTRA_TRAIN_FLAGS="--copy_mechanism $EXTRA_TRAIN_FLAGS"; fi
