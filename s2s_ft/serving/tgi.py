@@ -105,8 +105,9 @@ def search_options(p: dict) -> dict:
         raise invalid("`top_p` must be > 0.0 and < 1.0", "top_p")
     if "top_k" in p and p["top_k"] <= 0:
         raise invalid("`top_k` must be strictly positive", "top_k")
-    if "max_new_tokens" in p and p["max_new_tokens"] < 1:
-        raise invalid("`max_new_tokens` must be strictly positive", "max_new_tokens")
+    for name in ("max_new_tokens", "truncate"):
+        if name in p and p[name] < 1:
+            raise invalid(f"`{name}` must be strictly positive", name)
     names = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "seed": "seed",
              "max_new_tokens": "max_tgt_length", "num_beams": "beam_size", "length_penalty": "length_penalty",
              "min_new_tokens": "min_len"}
