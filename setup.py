@@ -47,5 +47,6 @@ setup(
         # s2s-ft-serve (/metrics: prometheus-client; token streams: sse-starlette)
         "serve": ["fastapi", "uvicorn", "prometheus-client", "sse-starlette"],
         "lora": ["peft"],  # --lora_rank, s2s_ft.hf.from_pretrained_with_adapter
+        "bench": ["ctranslate2"],  # benchmarks/ctranslate2_speed.py only; the package never imports it
     },
 )

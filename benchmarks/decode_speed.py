@@ -184,16 +184,17 @@ def parse_args():
     return args
 
 
-def load_ours(args, device):
-    """(fp32 decoder, int8 decoder or None on a GPU, tokenizer) of ``--model_path`` or the base checkpoint."""
-    if args.model_path:
-        model, settings = checkpoint.load_finetuned(args.model_path)
-        tokenizer = load_tokenizer(args.model_path)
+def load_ours(model_path, model_dir, min_positions, device):
+    """(fp32 decoder, int8 decoder or None on a GPU, tokenizer) of ``model_path`` (fine-tuned) or, without it, the
+    base checkpoint ``model_dir`` (default all-MiniLM-L6-v2) as a pseudo-masked model with at least
+    ``min_positions`` positions."""
+    if model_path:
+        model, settings = checkpoint.load_finetuned(model_path)
+        tokenizer = load_tokenizer(model_path)
         special, method = SpecialIds(**settings["special_ids"]), settings["fine_tune"]
     else:
-        model_dir = args.model_dir or minilm_dir()
-        needed = args.max_source + max(args.tokens, args.step_time_tokens) + 32
-        model, info = checkpoint.load_pretrained("bert", model_dir, min_positions=needed)
+        model_dir = model_dir or minilm_dir()
+        model, info = checkpoint.load_pretrained("bert", model_dir, min_positions=min_positions)
         tokenizer = load_tokenizer(model_dir)
         special = special_ids(tokenizer, *checkpoint.default_segment_ids("bert", info["hf_config"]))
         method = "pseudo_masked"
@@ -201,6 +202,34 @@ def load_ours(args, device):
     if device.type == "cpu":  # int8 kernels are CPU-only; the copy keeps the fp32 model intact
         int8 = Seq2SeqDecoder(quantize_int8(copy.deepcopy(model)), special, method, device)
     return Seq2SeqDecoder(model, special, method, device), int8, tokenizer
+
+
+def read_sources(path, count, distinct=False) -> list[str]:
+    """The first ``count`` sources (``src``) of a JSONL file; ``distinct``: the first ``count`` different ones."""
+    texts, seen = [], set()
+    for _, record in iter_jsonl(path):
+        if len(texts) == count:
+            break
+        if not (distinct and record["src"] in seen):
+            texts.append(record["src"])
+            seen.add(record["src"])
+    return texts
+
+
+def source_ids(tokenizer, texts, max_source) -> list[list[int]]:
+    """Each source's word-piece ids without special tokens, cut to fit [CLS] source [SEP] in ``max_source``."""
+    return [tokenizer(t, add_special_tokens=False)["input_ids"][:max_source - 2] for t in texts]
+
+
+def load_hf_bert2bert(model_dir, device, vocab_size):
+    """HF EncoderDecoderModel warm-started from ``model_dir`` twice (bert2bert), in eval mode on ``device``."""
+    from transformers import EncoderDecoderModel
+    from transformers import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf = EncoderDecoderModel.from_encoder_decoder_pretrained(model_dir, model_dir).to(device).eval()
+    if hf.config.encoder.vocab_size != vocab_size:  # one tokenizer feeds both systems
+        raise SystemExit(f"--model_dir {model_dir} has another vocabulary than the decoded checkpoint")
+    return hf
 
 
 def throughput(args, ours, int8, hf, tokenizer, batches, encoded, peak, device) -> dict:
@@ -249,18 +278,14 @@ def main():
     args = parse_args()
     device = torch.device(args.device)
     model_dir = args.model_dir or minilm_dir()
-    ours, int8, tokenizer = load_ours(args, device)
-    texts = [record["src"] for _, record in iter_jsonl(args.data)][:max(args.sentences, args.latency_sentences)]
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:args.max_source - 2] for t in texts]
+    needed = args.max_source + max(args.tokens, args.step_time_tokens) + 32
+    ours, int8, tokenizer = load_ours(args.model_path, args.model_dir, needed, device)
+    texts = read_sources(args.data, max(args.sentences, args.latency_sentences))
+    ids = source_ids(tokenizer, texts, args.max_source)
     count = min(args.sentences, len(ids))
     batches = [ids[i:i + args.batch_size] for i in range(0, count, args.batch_size)]
 
-    from transformers import EncoderDecoderModel
-    from transformers import logging as hf_logging
-    hf_logging.set_verbosity_error()
-    hf = EncoderDecoderModel.from_encoder_decoder_pretrained(model_dir, model_dir).to(device).eval()
-    if hf.config.encoder.vocab_size != ours.model.config.vocab_size:  # one tokenizer feeds both systems
-        raise SystemExit(f"--model_dir {model_dir} has another vocabulary than {args.model_path}")
+    hf = load_hf_bert2bert(model_dir, device, ours.model.config.vocab_size)
     encoded = [tokenizer(texts[i:i + args.batch_size], return_tensors="pt", padding=True, truncation=True,
                          max_length=args.max_source).to(device) for i in range(0, count, args.batch_size)]
 
