@@ -1,7 +1,8 @@
 """Answer-aware checkpoints through the Hugging Face wrapper: ``model.encode`` builds the prompts (and the answer's
 ``answer_mask``) as s2s-ft-decode builds its input, ``generate`` carries the mask through beam expansion, and the
 outputs are the project's decoder's (``load_decoder(...).decode_ids`` on ``with_answers`` sources), token for token,
-for each answer encoding. Random weights: nothing is trained.
+for each answer encoding; prompts given as the text ``"sentence [SEP] answer"`` (as the server takes them) through
+``generate``, ``forward`` and the text-generation pipeline equal them too. Random weights: nothing is trained.
 """
 from __future__ import annotations
 
@@ -112,3 +113,93 @@ def test_a_checkpoint_without_answers_refuses_them(tmp_path):
         model.generate(**batch, answer_mask=torch.zeros_like(batch["input_ids"], dtype=torch.bool))
     with pytest.raises(ValueError, match="without answers"):
         model.encode(tokenizer, SOURCES[:2], ANSWERS[:2])
+
+
+# ------------------------------------------------------------- the text "sentence [SEP] answer", as the server takes it
+# ROWS, and a long sentence whose answer lies past the budget: the decoder cuts a window around it
+TEXT_ROWS = ROWS + [("the big red bird sat on a small blue tree where the cat ran on the mat", "the mat")]
+
+
+def answer_texts(tokenizer, rows) -> list[str]:
+    return [f"{sentence} {tokenizer.sep_token} {answer}" for sentence, answer in rows]
+
+
+def test_the_text_prompt_is_the_tokenizers_text_pair(answered):
+    _, _, tokenizer, _ = answered
+    for (sentence, answer), text in zip(TEXT_ROWS, answer_texts(tokenizer, TEXT_ROWS)):
+        assert tokenizer(text)["input_ids"] == tokenizer(sentence, answer)["input_ids"]
+
+
+@pytest.mark.parametrize("beams", [1, 5])
+def test_generate_on_sentence_sep_answer_equals_the_project_decoder(answered, beams, single_thread):
+    _, model, tokenizer, decoder = answered
+    sources, answers = [s for s, _ in TEXT_ROWS], [a for _, a in TEXT_ROWS]
+    ids, cut = decoder.source_ids(with_answers(sources, answers))
+    assert cut == 2 and len(tokenizer(answer_texts(tokenizer, TEXT_ROWS[-1:]))["input_ids"][0]) > 16
+    expected = decoder.decode_ids(ids, SearchConfig(beam_size=beams, max_tgt_length=10), batch_size=len(ids))
+    tokenizer.padding_side = "left"
+    batch = tokenizer(answer_texts(tokenizer, TEXT_ROWS), padding=True, return_tensors="pt")
+    out = model.generate(**batch, num_beams=beams, max_new_tokens=10, return_dict_in_generate=True,
+                         output_scores=True)
+    width, sep = batch["input_ids"].shape[1], model.special.sep
+    assert torch.equal(out.sequences[:, :width], batch["input_ids"])  # the prompt comes back as given
+    got = [row[:row.index(sep)] if sep in row else [t for t in row if t != model.special.pad]
+           for row in out.sequences[:, width:].tolist()]
+    assert got == [hyps[0].tokens for hyps in expected]
+    if beams > 1:
+        assert out.sequences_scores.tolist() == pytest.approx([hyps[0].log_prob for hyps in expected], abs=1e-4)
+
+
+def test_forward_reads_the_text_prompt_as_encode_builds_it(answered, single_thread):
+    _, model, tokenizer, _ = answered
+    sources, answers = [s for s, _ in TEXT_ROWS], [a for _, a in TEXT_ROWS]
+    tokenizer.padding_side = "left"
+    text = model(**tokenizer(answer_texts(tokenizer, TEXT_ROWS), padding=True, return_tensors="pt")).logits
+    torch.testing.assert_close(text, model(**model.encode(tokenizer, sources, answers)).logits, atol=1e-5, rtol=0)
+
+
+def test_the_pipeline_takes_the_answer_after_the_separator(answered, single_thread):
+    from transformers import pipeline
+
+    _, model, tokenizer, decoder = answered
+    rows = [TEXT_ROWS[0], TEXT_ROWS[4], TEXT_ROWS[-1]]  # in the source, not in it, past the budget
+    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    expected = decoder.decode_texts([s for s, _ in rows], answers=[a for _, a in rows], beam_size=5,
+                                    max_tgt_length=10)
+    got = [out[0]["generated_text"].strip() for out in pipe(answer_texts(tokenizer, rows), do_sample=False,
+                                                             num_beams=5, max_new_tokens=10, return_full_text=False)]
+    assert got == expected
+
+
+@pytest.mark.parametrize("text, match", [("the cat sat [SEP] on [SEP] the mat", "a prompt has 2"),
+                                         ("the cat sat on the mat [SEP]", "answer is empty")])
+def test_a_text_prompt_that_is_not_sentence_sep_answer_is_refused_in_one_line(answered, text, match):
+    _, model, tokenizer, _ = answered
+    for call in (model.generate, model):
+        with pytest.raises(ValueError, match=match) as error:
+            call(**tokenizer(text, return_tensors="pt"))
+        assert "\n" not in str(error.value)
+
+
+def test_a_text_prompt_is_read_at_later_steps_from_the_s2s_ft_cache_only(answered, single_thread):
+    from transformers import DynamicCache
+
+    from s2s_ft.hf import S2sFtCache
+
+    _, model, tokenizer, _ = answered
+    batch = tokenizer(answer_texts(tokenizer, TEXT_ROWS[-1:]), return_tensors="pt")
+    width = batch["input_ids"].shape[1]
+    expected = model.generate(**batch, max_new_tokens=2, min_new_tokens=2, output_logits=True,
+                              return_dict_in_generate=True)
+    cache = S2sFtCache()
+    first = model(**batch, cache=cache, use_cache=True).logits[:, -1]
+    token = expected.sequences[:, width:width + 1]
+    second = model(token, attention_mask=torch.ones(1, width + 1, dtype=torch.long), cache=cache,
+                   source_width=width, use_cache=True).logits[:, -1]
+    for got, logits in zip((first, second), expected.logits):
+        torch.testing.assert_close(got, logits, atol=1e-5, rtol=0)
+    other = DynamicCache()
+    model(**batch, cache=other, use_cache=True)
+    with pytest.raises(ValueError, match="S2sFtCache") as error:
+        model(token, cache=other, source_width=width, use_cache=True)
+    assert "\n" not in str(error.value)

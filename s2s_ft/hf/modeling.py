@@ -41,7 +41,8 @@ from s2s_ft.data.methods import PADDING_RANKS, SOURCE_RANKS, get_method
 from s2s_ft.data.packing import SpecialIds, copyable_columns
 from s2s_ft.decoding.search import banned_ngram_mask, feed_inputs
 from s2s_ft.hf.options import REFUSED_SETTINGS, CallOptions, refuse_unsupported
-from s2s_ft.hf.prompts import check_answer_inputs, check_prompt_ids, encode_sources, within_source_budget
+from s2s_ft.hf.prompts import (check_answer_inputs, check_prompt_ids, encode_sources, read_prompts,
+                               within_source_budget)
 from s2s_ft.model import checkpoint
 from s2s_ft.model.transformer import ModelConfig, UnifiedTransformer
 
@@ -75,10 +76,12 @@ class S2sFtConfig(PreTrainedConfig):
 
 
 class S2sFtCache(DynamicCache):
-    """``DynamicCache`` of the kept tokens, plus the copy mechanism's per-row source state (copy keys, source ids,
-    copyable mask), which beam reordering, sample expansion and batch selection move with the rows."""
+    """``DynamicCache`` of the kept tokens, plus per-row source state that beam reordering, sample expansion and batch
+    selection move with the rows: the prompt columns the model reads (``source_read``: with answers they follow from
+    the prompt's ids, which later steps do not see) and the copy mechanism's copy keys, source ids, copyable mask."""
 
     copy_state: Optional[tuple] = None
+    source_read: Optional[torch.Tensor] = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
@@ -95,6 +98,8 @@ class S2sFtCache(DynamicCache):
     def _map_copy_state(self, fn) -> None:
         if self.copy_state is not None:
             self.copy_state = tuple(fn(t) for t in self.copy_state)
+        if self.source_read is not None:
+            self.source_read = fn(self.source_read)
 
 
 class _CacheView:
@@ -121,18 +126,17 @@ class _CacheView:
 
 
 class _Layout:
-    """Ids, positions, segments and ranks of a generation sequence: the source (``source_mask`` [B, W]: which of
-    the W prompt columns are real; of those, the ones within ``max_source_length`` are read: prompts.py), then the
-    method's feed for steps 0..g (g = tokens generated so far)."""
+    """Ids, positions, segments and ranks of a generation sequence: the source (``source_read`` [B, W]: which of
+    the W prompt columns are read, prompts.py ``read_prompts``; the others are padding), then the method's feed for
+    steps 0..g (g = tokens generated so far)."""
 
-    def __init__(self, method, special: SpecialIds, source_mask: torch.Tensor, max_source_length: Optional[int]):
+    def __init__(self, method, special: SpecialIds, source_read: torch.Tensor):
         self.method, self.special = method, special
-        real = within_source_budget(source_mask, max_source_length)
-        self.source_read = real
-        self.source_length = real.sum(1)
-        self.source_key_rank = torch.where(real, SOURCE_RANKS[0], PADDING_RANKS[0])
-        self.source_query_rank = torch.where(real, SOURCE_RANKS[1], PADDING_RANKS[1])
-        self.source_positions = (real.long().cumsum(1) - 1).clamp(min=0)
+        self.source_read = source_read
+        self.source_length = source_read.sum(1)
+        self.source_key_rank = torch.where(source_read, SOURCE_RANKS[0], PADDING_RANKS[0])
+        self.source_query_rank = torch.where(source_read, SOURCE_RANKS[1], PADDING_RANKS[1])
+        self.source_positions = (source_read.long().cumsum(1) - 1).clamp(min=0)
 
     def steps(self, generated: torch.Tensor, first: int, last: int, whole_last: bool = True) -> tuple[dict, int]:
         """Model inputs [B, n] of the columns fed by steps first..last: the kept ones, and all of the last step's
@@ -265,10 +269,12 @@ class S2sFtForConditionalGeneration(PreTrainedModel, GenerationMixin):
         defaults to all columns: a prompt alone). With a filled cache it is the last generated token (how many came
         before follows from the cache's length); ``attention_mask``'s first source_width columns mark the prompt's
         real tokens (None: no padding, as ``generate`` passes a mask of ones). A prompt longer than the checkpoint's
-        source budget is read as s2s-ft-decode reads it (prompts.py).
-        ``answer_mask`` [B, source_width]: the prompt columns of the answer marked in the source (checkpoints trained
-        with a span answer encoding; ``encode`` builds it). ``output_hidden_states``: the embeddings' and every
-        layer's state [B, 1, hidden] at the position that predicts the next token.
+        source budget is read as s2s-ft-decode reads it (prompts.py). ``answer_mask`` [B, source_width]: the prompt
+        columns of the answer marked in the source (span answer encodings; ``encode`` builds it); without it a
+        checkpoint trained with answers reads ``[CLS] sentence [SEP] answer [SEP]`` (the text "sentence [SEP]
+        answer") as s2s-ft-decode reads the pair (prompts.py ``read_answer_prompts``; the reading is kept in an
+        ``S2sFtCache``). ``output_hidden_states``: the embeddings' and every layer's state [B, 1, hidden] at the
+        position that predicts the next token.
         ``position_ids`` of the prompt are checked against the layout's (its real tokens counted from 0, so left
         padding is transparent); ``token_type_ids`` are ignored (segments follow the layout)."""
         if output_attentions:
@@ -281,10 +287,13 @@ class S2sFtForConditionalGeneration(PreTrainedModel, GenerationMixin):
         width = input_ids.shape[1] if source_width is None else source_width
         if attention_mask is None:  # generate() drops a mask of ones: no padding
             attention_mask = torch.ones(input_ids.shape[0], width, dtype=torch.long, device=input_ids.device)
-        layout = _Layout(self.method, self.special, attention_mask[:, :width], self.max_source_length)
+        mask = attention_mask[:, :width]
+        read, answer_mask = self._reading(input_ids[:, :width], mask, answer_mask, cache, cached)
+        layout = _Layout(self.method, self.special, read)
         if position_ids is not None and not cached:
-            # the read columns but a cut prompt's closing [SEP], which moves to the end of the budget
-            compared = layout.source_read & (layout.source_positions < layout.source_length[:, None] - 1)
+            # the read columns before the first real one left out (a cut prompt's closing [SEP] moves, and so do
+            # the columns after a window's start)
+            compared = read & (mask.bool() & ~read).long().cumsum(1).eq(0)
             if not torch.equal(position_ids[:, :width][compared], layout.source_positions[compared]):
                 raise ValueError("position_ids of the prompt must count its real tokens from 0 (the layout the "
                                  "checkpoint was trained with); leave them out to have them computed")
@@ -303,6 +312,23 @@ class S2sFtForConditionalGeneration(PreTrainedModel, GenerationMixin):
         """The checkpoint's source budget, ``[CLS] source [SEP]`` included (s2s_ft_settings.json)."""
         length = self.config.settings.get("max_source_seq_length")
         return None if length is None else int(length)
+
+    def _reading(self, prompt_ids, mask: torch.Tensor, answer_mask, cache, cached: bool) -> tuple:
+        """(the prompt columns read, the answer's columns or None): prompts.py ``read_prompts`` on the whole prompt,
+        kept in an ``S2sFtCache`` for the later steps, which see only the last token; with another cache the plain
+        rule on ``mask``, which does not apply to prompts that carry their answer."""
+        if not cached:
+            read, answer_mask = read_prompts(prompt_ids, mask, answer_mask, self.config.settings, self.special)
+            if isinstance(cache, S2sFtCache):
+                cache.source_read = read
+            return read, answer_mask
+        stored = getattr(cache, "source_read", None)
+        if stored is not None:
+            return stored, answer_mask
+        if self.config.settings.get("answer_encoding") and answer_mask is None:
+            raise ValueError("an answer-aware checkpoint reads \"sentence [SEP] answer\" prompts from their ids: a "
+                             "filled cache must be an S2sFtCache this model filled (generate() makes one)")
+        return within_source_budget(mask, self.max_source_length), answer_mask
 
     def _check_sequence(self, input_ids, attention_mask, source_width: Optional[int], answer_mask) -> None:
         """ValueError (one line) for a whole sequence (no cache) the layout cannot read: its prompt as
@@ -403,11 +429,13 @@ class S2sFtForConditionalGeneration(PreTrainedModel, GenerationMixin):
                  logits_processor: Optional[LogitsProcessorList] = None, ngram_ignore_ids: Sequence[int] = (),
                  answer_mask: Optional[torch.Tensor] = None, **kwargs):
         """``transformers``' generate over prompts ``[CLS] source [SEP]`` (padded on either side; ``encode`` makes
-        them from text, with answers). The differences from a decoder-only model (docs/hf.md): a prompt is read
-        within the checkpoint's source budget as s2s-ft-decode reads it; ``no_repeat_ngram_size`` (sparing n-grams
-        with ``ngram_ignore_ids``) and ``repetition_penalty`` count the generated tokens only; ``max_length`` /
-        ``min_length`` are honoured over the class's default new-token limits; beam search defaults to the
-        project's rules (options.py); features that cannot apply are refused with a ValueError."""
+        them from text, with answers; a checkpoint trained with answers also reads ``[CLS] sentence [SEP] answer
+        [SEP]``, the text "sentence [SEP] answer", as s2s-ft-decode reads the pair). The differences from a
+        decoder-only model (docs/hf.md): a prompt is read within the checkpoint's source budget as s2s-ft-decode
+        reads it; ``no_repeat_ngram_size`` (sparing n-grams with ``ngram_ignore_ids``) and ``repetition_penalty``
+        count the generated tokens only; ``max_length`` / ``min_length`` are honoured over the class's default
+        new-token limits; beam search defaults to the project's rules (options.py); features that cannot apply are
+        refused with a ValueError."""
         if input_ids is None:
             input_ids = kwargs.pop("inputs", None)
         refuse_unsupported(kwargs, generation_config, self.generation_config)

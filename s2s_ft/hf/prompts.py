@@ -6,6 +6,13 @@ reads only its first ``max_source_length - 1`` real tokens and its closing [SEP]
 ``max_source_length - 2`` pieces, ``[SEP]``, which is what ``prepare_sources`` (s2s_ft/data/reading.py) makes of a
 plain source for s2s-ft-decode, the server and evaluation during training. The pieces past the budget are masked
 (treated as padding), not removed, so that ``generate``'s output keeps the prompt's columns as given.
+
+A checkpoint trained with answers reads a row ``[CLS] sentence [SEP] answer [SEP]`` (the text ``"sentence [SEP]
+answer"``, as the server takes it, or a tokenizer's text pair) given without ``answer_mask`` as s2s-ft-decode reads
+``AnswerSource(sentence, answer)``: ``encode_answer_sources`` (s2s_ft/data/answers.py) run on the row's columns
+decides which of them are read (a long sentence windowed around its answer, the appended answer capped, for ``span``
+the appended answer not read at all) and which carry the answer's token type; the columns it leaves out are treated
+as padding, as above.
 """
 from __future__ import annotations
 
@@ -14,7 +21,8 @@ from typing import Optional, Sequence
 import torch
 from transformers import BatchEncoding
 
-from s2s_ft.data.answers import uses_segment, uses_span
+from s2s_ft.data.answers import (NOT_IN_SOURCE, AnswerSource, _piece_span, encode_answer_sources, uses_segment,
+                                 uses_span)
 from s2s_ft.data.packing import SpecialIds, source_segments
 from s2s_ft.data.reading import prepare_sources
 from s2s_ft.decoding.inference import with_answers
@@ -62,10 +70,11 @@ def within_source_budget(attention_mask: torch.Tensor, max_source_length: Option
 
 
 def check_answer_inputs(input_ids, attention_mask, answer_mask, settings: dict, special: SpecialIds) -> None:
-    """ValueError (one line) unless the prompts carry an answer exactly as the checkpoint was trained to read one
-    (``settings["answer_encoding"]``, s2s_ft/data/answers.py): ``answer_mask`` for the span encodings, a second
-    segment (``[CLS] source [SEP] answer [SEP]``) for the segment encodings, within the source budget (a longer one
-    is cut around its answer, which needs the text: ``model.encode``)."""
+    """ValueError (one line) unless the prompts carry an answer as the checkpoint was trained to read one
+    (``settings["answer_encoding"]``, s2s_ft/data/answers.py): each row ``[CLS] sentence [SEP] answer [SEP]`` (one
+    separator inside, a non-empty answer: ``read_prompts`` encodes it), or, for the span encodings, ``answer_mask``
+    over prompts ``encode`` built, within the source budget (a longer one is cut around its answer, which needs the
+    rows' own layout)."""
     encoding = settings.get("answer_encoding")
     if answer_mask is not None:
         if not uses_span(encoding) or special.answer_type is None:
@@ -77,17 +86,71 @@ def check_answer_inputs(input_ids, attention_mask, answer_mask, settings: dict, 
     if not encoding:
         return
     encode_hint = "model.encode(tokenizer, sources, answers=...) encodes them as s2s-ft-decode does"
-    if uses_span(encoding) and answer_mask is None:
-        raise ValueError(f"this checkpoint was trained with answers marked in the source (answer_encoding "
-                         f"{encoding}): pass answer_mask; {encode_hint}")
     real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    if uses_segment(encoding) and ((input_ids == special.sep) & real).sum(1).lt(2).any():
-        raise ValueError(f"this checkpoint was trained with the answer as a second segment (answer_encoding "
-                         f"{encoding}): each prompt must be [CLS] source [SEP] answer [SEP]; {encode_hint}")
+    if answer_mask is None:
+        inner = ((input_ids == special.sep) & real).sum(1) - 1  # separators before the closing one
+        if inner.ne(1).any():
+            raise ValueError(f"this checkpoint was trained with answers (answer_encoding {encoding}): each prompt "
+                             f"must be [CLS] sentence [SEP] answer [SEP], the text \"sentence [SEP] answer\" with "
+                             f"one separator (the tokenizer's sep_token) inside, as the server takes it; a prompt has "
+                             f"{int(inner[inner.ne(1)][0])}; or {encode_hint}")
+        last = input_ids.shape[1] - 1 - real.flip(1).long().argmax(1)
+        if input_ids.gather(1, (last - 1).clamp(min=0)[:, None]).eq(special.sep).any():
+            raise ValueError("a prompt's answer is empty: nothing between its separator and the closing one "
+                             "(\"sentence [SEP] answer\")")
+        return
     budget = settings.get("max_source_seq_length")
     if budget is not None and real.sum(1).gt(int(budget)).any():
-        raise ValueError(f"a prompt is longer than the checkpoint's {budget} source positions; with answers it is cut "
-                         f"around the answer: {encode_hint}")
+        raise ValueError(f"a prompt with answer_mask is longer than the checkpoint's {budget} source positions; "
+                         f"with answers it is cut around the answer: give it as \"sentence [SEP] answer\" without "
+                         f"answer_mask, or {encode_hint}")
+
+
+def read_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, answer_mask: Optional[torch.Tensor],
+                 settings: dict, special: SpecialIds) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(the prompt columns the model reads, bool [B, W]; the columns given the answer's token type, or None) of
+    prompts ``check_prompt_ids`` and ``check_answer_inputs`` accepted: ``within_source_budget`` and ``answer_mask``
+    as given, or, for a checkpoint trained with answers and no ``answer_mask``, ``read_answer_prompts``."""
+    if not settings.get("answer_encoding") or answer_mask is not None:
+        budget = settings.get("max_source_seq_length")
+        return within_source_budget(attention_mask, None if budget is None else int(budget)), answer_mask
+    return read_answer_prompts(input_ids, attention_mask, settings, special)
+
+
+class _PromptColumns:
+    """The "tokenizer" ``encode_answer_sources`` is given for sources whose pieces are prompt columns (pre-tokenised
+    lists): a column is its own id, so what it returns are the columns the decoder's source is made of."""
+
+    @staticmethod
+    def convert_tokens_to_ids(tokens) -> list:
+        return list(tokens)
+
+    def __call__(self, texts, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [[] for _ in texts]}  # only asked for string answers, which there are none of
+
+
+def read_answer_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, settings: dict,
+                        special: SpecialIds) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``read_prompts`` of rows ``[CLS] sentence [SEP] answer [SEP]`` as s2s-ft-decode reads ``AnswerSource(sentence,
+    answer)``: the answer's span is the first occurrence of its ids among the sentence's (``_piece_span``, as for
+    pre-tokenised sources; none: not marked), and ``encode_answer_sources`` on the columns makes the decoder's source
+    (window, capped answer, ``span`` without the appended answer, whose columns are then not read: the inner
+    [SEP] closes the source). One host transfer; the tensors are on ``input_ids``' device."""
+    encoding, budget = settings["answer_encoding"], int(settings["max_source_seq_length"])
+    read = torch.zeros(input_ids.shape, dtype=torch.bool)
+    marked = torch.zeros_like(read)
+    for row, (ids, real) in enumerate(zip(input_ids.tolist(), attention_mask.bool().tolist())):
+        columns = [column for column, is_real in enumerate(real) if is_real]
+        inner = next(column for column in columns[1:-1] if ids[column] == special.sep)
+        sentence, answer = [c for c in columns[1:-1] if c < inner], [c for c in columns[1:-1] if c > inner]
+        span = _piece_span([ids[c] for c in sentence], [ids[c] for c in answer], None)
+        item = AnswerSource(sentence, answer, NOT_IN_SOURCE if span is None else span[0])
+        (source,), _ = encode_answer_sources(_PromptColumns(), [item], budget, encoding, inner)
+        read[row, [columns[0], *source, columns[-1] if uses_segment(encoding) else inner]] = True
+        if source.answer_span is not None:
+            marked[row, source[source.answer_span[0]:source.answer_span[1]]] = True
+    device = input_ids.device
+    return read.to(device), marked.to(device) if uses_span(encoding) else None
 
 
 def encode_sources(tokenizer, sources: Sequence, answers: Optional[Sequence], settings: dict, special: SpecialIds,
