@@ -24,3 +24,13 @@ if [ ! -f "$MODEL_DIR/config.json" ] && [ -d "$MODEL_DIR" ]; then
   RUN_CHECKPOINT="$(last_checkpoint "$MODEL_DIR")"
   MODEL_DIR="${RUN_CHECKPOINT:-$MODEL_DIR}"
 fi
+
+# The QG recipes' evaluation during training, on a dev sample (greedy, grouped BLEU-4 as the scorer computes it):
+# sets EVAL_FLAGS, empty when EVAL_SAMPLE is 0.
+qg_eval_flags() {  # SAMPLE_FILE EVAL_STEPS
+  EVAL_FLAGS=()
+  if [ "${EVAL_SAMPLE:-1}" != 0 ]; then
+    EVAL_FLAGS=(--eval_file "$1" --eval_max_examples 0 --eval_steps "$2" --detokenize ptb --eval_metric bleu4_tok
+                --eval_metrics bleu,rouge --eval_batch_size 64)
+  fi
+}

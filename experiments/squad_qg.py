@@ -92,10 +92,12 @@ def format_table(report: dict, grouped_file: str = "") -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def group_and_score_commands(description: str, grouped: str):
+    """The parser of the QG scripts' ``group`` and ``score`` commands (``grouped``: what one grouped line is);
+    returns (parser, commands, group parser, score parser) for a script to add its own."""
+    parser = argparse.ArgumentParser(description=description)
     commands = parser.add_subparsers(dest="command", required=True)
-    group = commands.add_parser("group", help="one line per distinct source with all its questions as refs")
+    group = commands.add_parser("group", help=f"one line per {grouped} with all its questions as refs")
     group.add_argument("dev_file")
     group.add_argument("output")
     group.add_argument("--every", type=int, default=0, help="also write every N-th grouped line to --sample")
@@ -105,6 +107,11 @@ def main(argv=None) -> None:
     scorer.add_argument("predictions")
     scorer.add_argument("--json", required=True, help="where to write the scores")
     scorer.add_argument("--train_log", help="the run's train_log.jsonl: adds train_seconds")
+    return parser, commands, group, scorer
+
+
+def main(argv=None) -> None:
+    parser, _, _, _ = group_and_score_commands(__doc__.split("\n")[0], "distinct source")
     args = parser.parse_args(argv)
     try:
         if args.command == "group":

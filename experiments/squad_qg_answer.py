@@ -22,7 +22,6 @@ a content word absent from the source (the references' own rates beside them).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -31,7 +30,7 @@ from typing import Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for s2s_ft
 
 from output_diagnostics import FUNCTION_WORDS  # noqa: E402  (this folder is on sys.path when run as a script)
-from squad_qg import scores_of, train_seconds  # noqa: E402
+from squad_qg import group_and_score_commands, scores_of, train_seconds  # noqa: E402
 
 from s2s_ft.data.reading import DataError, iter_jsonl  # noqa: E402
 from s2s_ft.evaluation.metrics import read_hypotheses  # noqa: E402
@@ -211,19 +210,8 @@ def read_grouped(path: str) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    group = commands.add_parser("group", help="one line per distinct (sentence, answer) with all its questions")
-    group.add_argument("split_file")
-    group.add_argument("output")
-    group.add_argument("--every", type=int, default=0, help="also write every N-th grouped line to --sample")
-    group.add_argument("--sample")
+    parser, commands, group, scorer = group_and_score_commands(__doc__.split("\n")[0], "distinct (sentence, answer)")
     group.add_argument("--paragraphs", help="{split}.paragraphs.jsonl: the paragraph as the source")
-    scorer = commands.add_parser("score", help="score predictions and the trivial baselines")
-    scorer.add_argument("grouped_file")
-    scorer.add_argument("predictions")
-    scorer.add_argument("--json", required=True, help="where to write the scores")
-    scorer.add_argument("--train_log", help="the run's train_log.jsonl: adds train_seconds")
     scorer.add_argument("--agnostic", nargs=2, metavar=("GROUPED_BY_SENTENCE", "PREDICTIONS"),
                         help="an answer-agnostic model's predictions, one per sentence, as a baseline")
     para = commands.add_parser("paragraphs", help="a training file with each sentence's paragraph as the source")
@@ -239,7 +227,7 @@ def main(argv=None) -> None:
         if args.command == "group":
             if bool(args.every) != bool(args.sample):
                 parser.error("--every and --sample go together")
-            records = group_by_pair(args.split_file, args.paragraphs)
+            records = group_by_pair(args.dev_file, args.paragraphs)
             write_atomic(args.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             if args.sample:
                 write_atomic(args.sample, "".join(json.dumps(r, ensure_ascii=False) + "\n"

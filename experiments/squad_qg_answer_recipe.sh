@@ -14,7 +14,8 @@
 # segment, span), STEPS, MINUTES (58: the training's wall-clock budget, --max_train_minutes; 0: off), LR, SEED,
 # PRECISION, MAX_SOURCE (96), PARAGRAPH (1: the whole paragraph as the source, the answer pointed at inside it),
 # COPY (0: without the copy mechanism), EXTRA_TRAIN_FLAGS, EVAL_SAMPLE (0: no dev-sample evaluation during training),
-# EVAL_STEPS, DECODE_FLAGS (the search), SPLITS_DECODED (dev; "" for none), AGNOSTIC (an answer-agnostic run's
+# EVAL_STEPS (1200), EVAL_EVERY (20: the dev sample is every 20th pair), DECODE_FLAGS (the search), SPLITS_DECODED
+# (dev; "" for none), AGNOSTIC (an answer-agnostic run's
 # directory with test.pred.txt(.gz), a baseline on test), SCORE (0: stop after decoding), TEST.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/recipe_common.sh"
@@ -28,7 +29,8 @@ PARAGRAPH="${PARAGRAPH:-0}"
 DROPOUT_FROM_STEP="${DROPOUT_FROM_STEP:-800}"
 EXTRA_TRAIN_FLAGS="${EXTRA_TRAIN_FLAGS:-}"
 EVAL_SAMPLE="${EVAL_SAMPLE:-1}"
-EVAL_STEPS="${EVAL_STEPS:-700}"
+EVAL_STEPS="${EVAL_STEPS:-1200}"
+EVAL_EVERY="${EVAL_EVERY:-20}"  # the dev sample: every 20th pair (497 pairs)
 COPY="${COPY:-1}"
 SCORE="${SCORE:-1}"
 TEST="${TEST:-0}"
@@ -56,13 +58,9 @@ if [ "$PARAGRAPH" != 0 ]; then
   [ -f "$TRAIN_FILE" ] || "$PYTHON" experiments/squad_qg_answer.py paragraphs "$SET/train.jsonl" \
     "$SET/train.paragraphs.jsonl" "$TRAIN_FILE"
 fi
-group dev "$WORK/dev.grouped.jsonl" --every 10 --sample "$WORK/dev.sample.jsonl"
+group dev "$WORK/dev.grouped.jsonl" --every "$EVAL_EVERY" --sample "$WORK/dev.sample.jsonl"
 
-EVAL_FLAGS=()
-if [ "$EVAL_SAMPLE" != 0 ]; then
-  EVAL_FLAGS=(--eval_file "$WORK/dev.sample.jsonl" --eval_max_examples 0 --eval_steps "$EVAL_STEPS" --detokenize ptb
-              --eval_metric bleu4_tok --eval_metrics bleu,rouge --eval_batch_size 64)
-fi
+qg_eval_flags "$WORK/dev.sample.jsonl" "$EVAL_STEPS"
 # The answer-agnostic recipe's settings (squad_qg_recipe.sh), the answer shown as ANSWER_ENCODING.
 # shellcheck disable=SC2086  # EXTRA_TRAIN_FLAGS is a list of flags
 "$PYTHON" run_seq2seq.py \

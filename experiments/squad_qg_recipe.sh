@@ -46,11 +46,7 @@ mkdir -p "$WORK"
 # rate with warmup and linear decay, token-budget batches (little padding), bf16 autocast where native, sources cut at 96 word
 # pieces (98 % whole), late dropout (none for the first 800 steps), outputs in the references' Penn-Treebank
 # tokenisation.
-EVAL_FLAGS=()
-if [ "$EVAL_SAMPLE" != 0 ]; then
-  EVAL_FLAGS=(--eval_file "$WORK/dev.sample.jsonl" --eval_max_examples 0 --eval_steps "$EVAL_STEPS" --detokenize ptb
-              --eval_metric bleu4_tok --eval_metrics bleu,rouge --eval_batch_size 64)
-fi
+qg_eval_flags "$WORK/dev.sample.jsonl" "$EVAL_STEPS"
 # A finished run resumes as a no-op (a few seconds of start-up), so a re-run after an interruption goes on from here.
 # shellcheck disable=SC2086  # EXTRA_TRAIN_FLAGS is a list of flags
 "$PYTHON" run_seq2seq.py \

@@ -198,16 +198,22 @@ def trained_checkpoint(tiny_bert, train_file, tmp_path_factory, steps: int) -> s
     return str(out / f"ckpt-{steps}")
 
 
+def randomize_matrices(model, seed: int) -> None:
+    """Every weight matrix (embeddings included) drawn from N(0, 0.3): larger than BERT's init, so that outputs differ
+    between sources and hypotheses end early and at different lengths."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.3)
+
+
 def random_weights_checkpoint(tmp_path_factory, max_source_seq_length: int, words=WORDS) -> str:
     """A fine-tuned-style checkpoint with random weights larger than BERT's init (std 0.3), so that outputs differ
     between sources and hypotheses end early and at different lengths (finished sentences leave the batch)."""
     base = write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), words)
     model, info = checkpoint.load_pretrained("bert", base)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.3)
+    randomize_matrices(model, 3)
     tokenizer = load_tokenizer(base)
     special = special_ids(tokenizer, *checkpoint.default_segment_ids("bert", info["hf_config"]))
     out = tmp_path_factory.mktemp("ckpt") / "ckpt-0"
@@ -271,11 +277,7 @@ def make_answer_checkpoint(directory, encoding: str, method: str, copy: bool) ->
     (directory / "base").mkdir()
     base = write_tiny_bert(directory / "base", WORDS)
     model, info = checkpoint.load_pretrained("bert", base, copy_mechanism=copy, answer_type=uses_span(encoding))
-    torch.manual_seed(21)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.3)
+    randomize_matrices(model, 21)
     tokenizer = load_tokenizer(base)
     hf_config = info["hf_config"]
     special = special_ids(tokenizer, *checkpoint.default_segment_ids("bert", hf_config),

@@ -9,7 +9,7 @@ import random
 import pytest
 from conftest import random_weights_checkpoint
 
-from s2s_ft.decoding.detokenize import ptb_rejoin
+from s2s_ft.decoding.detokenize import detokenize
 from s2s_ft.decoding.inference import load_decoder
 from s2s_ft.decoding.search import SearchConfig
 from s2s_ft.serving.streaming import HOLD_CHARS, TextStream, cut_at_stop, token_texts
@@ -76,33 +76,37 @@ PIECES = ["80", ",", "000", "##0", "'", "s", "n", "t", "-", "lrb", "rrb", ".", "
           "play", "/", "ll", "re", "a", "##s", "1", "##00", "?", "the", "d", "m", "by", "..."]
 
 
-def render_pieces(pieces, style):
-    words = []
-    for piece in pieces:
-        if piece.startswith("##") and words:
-            words[-1] += piece[2:]
-        else:
-            words.append(piece)
-    text = " ".join(words)
-    return ptb_rejoin(text) if style == "ptb" else text
+@pytest.fixture(scope="module")
+def piece_tokenizer(tmp_path_factory):
+    """A WordPiece tokenizer whose vocabulary is PIECES: the server's own detokenizer renders their ids."""
+    from transformers import BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("pieces") / "vocab.txt"
+    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *PIECES]) + "\n")
+    return BertTokenizerFast(vocab=str(path), do_lower_case=True)
 
 
-@pytest.mark.parametrize("style", ["spaced", "ptb"])
-def test_a_stream_only_ever_sends_the_start_of_the_final_text(style):
-    rng = random.Random(0)
+def renderer(tokenizer, style):
+    return lambda ids: detokenize(tokenizer, ids, style)
+
+
+@pytest.mark.parametrize("style", ["text", "spaced", "ptb"])
+def test_a_stream_only_ever_sends_the_start_of_the_final_text(style, piece_tokenizer):
+    rng, render, ids = random.Random(0), renderer(piece_tokenizer, style), piece_tokenizer.convert_tokens_to_ids(PIECES)
     for _ in range(3000):
-        tokens = [rng.choice(PIECES) for _ in range(rng.randint(1, 14))]
-        stream = TextStream(lambda t: render_pieces(t, style), style)
+        tokens = [rng.choice(ids) for _ in range(rng.randint(1, 14))]
+        stream = TextStream(render, style)
         sent = "".join(stream.add(t) for t in tokens)
-        assert sent + stream.finish() == render_pieces(tokens, style)
+        assert sent + stream.finish() == render(tokens)
 
 
-def test_the_hold_is_needed_and_enough():
+def test_the_hold_is_needed_and_enough(piece_tokenizer):
     """With a shorter hold the Penn-Treebank rules rewrite text already sent (so the rule above can fail)."""
     rng, broken = random.Random(1), 0
+    render, ids = renderer(piece_tokenizer, "ptb"), piece_tokenizer.convert_tokens_to_ids(PIECES)
     for _ in range(3000):
-        tokens = [rng.choice(PIECES) for _ in range(rng.randint(1, 14))]
-        stream = TextStream(lambda t: render_pieces(t, "ptb"), "ptb")
+        tokens = [rng.choice(ids) for _ in range(rng.randint(1, 14))]
+        stream = TextStream(render, "ptb")
         stream.hold = 3
         for t in tokens:
             stream.add(t)
