@@ -274,3 +274,35 @@ def test_recipe_model_dir_may_name_a_run_directory(tmp_path):
 
     assert resolved(run) == str(run / "ckpt-300")
     assert resolved(run / "ckpt-100") == str(run / "ckpt-100")
+
+
+def test_answer_aware_grouping_paragraphs_baselines_and_answer_use(tmp_path):
+    """experiments/squad_qg_answer.py: one line per distinct (sentence, answer) with all its questions, the answer
+    moved into its paragraph by letters and digits alone (quotes and tokenisation may differ), the "what" baseline,
+    and the answer-use figures, each recomputed here by hand."""
+    qa = load_script("experiments", "squad_qg_answer")
+    rows = [("the bbc was founded in 1922 .", "1922", 5, "when was the bbc founded ?", 0),
+            ("the bbc was founded in 1922 .", "1922", 5, "what year was the bbc founded ?", 0),
+            ("the bbc was founded in 1922 .", "the bbc", 0, "what was founded in 1922 ?", 0),
+            ("it said ` hello ' loudly .", "hello", 3, "what did it say ?", 1)]
+    split = tmp_path / "dev.jsonl"
+    split.write_text("".join(json.dumps({"src": s, "answer": a, "answer_start": i, "tgt": t, "paragraph_id": p}) + "\n"
+                             for s, a, i, t, p in rows))
+    paragraphs = tmp_path / "dev.paragraphs.jsonl"
+    paragraphs.write_text(json.dumps({"id": 0, "text": "intro words . the bbc was founded in 1922 ."}) + "\n"
+                          + json.dumps({"id": 1, "text": "first . it said 'hello' loudly ."}) + "\n")
+    grouped = qa.group_by_pair(str(split))
+    assert [(g["src"], g["answer"], g["refs"]) for g in grouped] == [
+        (rows[0][0], "1922", [rows[0][3], rows[1][3]]), (rows[0][0], "the bbc", [rows[2][3]]),
+        (rows[3][0], "hello", [rows[3][3]])]
+    at_paragraph = qa.group_by_pair(str(split), str(paragraphs))
+    assert at_paragraph[0]["src"].split()[at_paragraph[0]["answer_start"]] == "1922"
+    assert at_paragraph[2]["answer"] == "'hello'" and at_paragraph[2]["sentence_answer"] == "hello"
+    assert qa.what_baseline(grouped[0]) == "the bbc was founded in what ?"
+    assert qa.what_baseline(grouped[1]) == "what was founded in 1922 ?"
+    use = qa.answer_use(grouped, ["when was it founded ?", "what was founded in 1922 ?", "what did it say ?"])
+    assert use["sentences_with_several_answers"] == 1 and use["several_answers_several_questions"] == 1.0
+    assert use["contains_answer"] == 0.0 and use["refs_contain_answer"] == 0.0
+    same = qa.answer_use(grouped, ["what is it ?", "what is it ?", "what was 1923 ?"])
+    assert same["several_answers_several_questions"] == 0.0
+    assert same["unsupported_number"] == 1 / 3  # "1923" is not in its sentence
