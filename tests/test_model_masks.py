@@ -494,9 +494,12 @@ def test_no_mask_exactly_when_nothing_is_masked(case, monkeypatch):
     for mask in seen:
         if all_visible:
             assert mask is None
-        else:  # the memory-efficient kernel's form: boolean, broadcast over heads, contiguous
-            assert mask.dtype == torch.bool and mask.shape == (out.shape[0], 1, out.shape[1], out.shape[1])
+        else:  # on a CPU additive (0 where allowed, -inf elsewhere), broadcast over heads, contiguous: SDPA's own
+            # conversion of a boolean mask, made once per forward instead of once per layer
+            assert mask.dtype == out.dtype and mask.shape == (out.shape[0], 1, out.shape[1], out.shape[1])
             assert mask.is_contiguous()
+            allowed = attention_allowed(inputs["key_rank"], inputs["query_rank"])
+            assert torch.equal(mask == 0, allowed) and bool(torch.isneginf(mask[~allowed]).all())
     # the shortcut changes nothing: the same forward with the (all-True) dense mask forced
     monkeypatch.setattr(model, "_attention_mask", lambda key_rank, query_rank, *rest: attention_allowed(
         key_rank, query_rank, rest[2]))
@@ -507,7 +510,7 @@ def test_no_mask_exactly_when_nothing_is_masked(case, monkeypatch):
 def test_mask_kept_in_training_and_with_relative_positions():
     inputs = MASK_CASES["equal-length-sources"]()
     seen, _ = _sdpa_masks(make_model().train(), inputs)  # training skips the test (no host sync)
-    assert all(mask is not None and mask.dtype == torch.bool for mask in seen)
+    assert all(mask is not None and mask.dtype == torch.float32 and mask.shape[1] == 1 for mask in seen)
     seen, _ = _sdpa_masks(make_model(rel_pos=True), inputs)  # the bias is the mask, additive
     assert all(mask.dtype == torch.float32 and mask.shape[1] == 4 for mask in seen)
 

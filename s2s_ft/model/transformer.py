@@ -445,10 +445,11 @@ class UnifiedTransformer(nn.Module):
 
     def _attention_mask(self, key_rank, query_rank, key_positions, query_positions, query_offset, dtype,
                         visible=None):
-        """``attn_mask`` for F.scaled_dot_product_attention: a boolean [B, 1, Lq, Lk] mask (which the
-        memory-efficient GPU kernel accepts), None when every query may see every key (then the flash kernel, which
-        takes no mask, is eligible too), or with a relative position bias an additive [B, H, Lq, Lk] mask in the
-        compute dtype ``dtype``. ``visible`` [B, Lq, Lk] further restricts the rank rule."""
+        """``attn_mask`` for F.scaled_dot_product_attention: a boolean [B, 1, Lq, Lk] mask on a GPU (which the
+        memory-efficient kernel accepts) and an additive one (0 / -inf, in the compute dtype ``dtype``) on a CPU,
+        None when every query may see every key (then the flash kernel, which takes no mask, is eligible too), or
+        with a relative position bias an additive [B, H, Lq, Lk] mask. ``visible`` [B, Lq, Lk] further restricts
+        the rank rule."""
         allowed = attention_allowed(key_rank, query_rank, query_offset)
         if visible is not None:
             allowed = allowed & visible[:, None]
@@ -458,6 +459,11 @@ class UnifiedTransformer(nn.Module):
             # target tokens that the source may not see).
             if not self.training and bool(allowed.all()):
                 return None
+            if allowed.device.type == "cpu":
+                # SDPA's CPU kernels turn a boolean mask into an additive one (0 / -inf) on every call, i.e. once per
+                # layer; once per forward here is the same arithmetic (benchmarks/decode_profile.py: aten::where)
+                return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed,
+                                                                                                    float("-inf"))
             return allowed
         relative = key_positions[:, None, :] - query_positions[:, :, None]  # key minus query, as UniLMv2
         buckets = relative_position_bucket(relative, self.config.rel_pos_bins, self.config.max_rel_pos)
