@@ -91,7 +91,9 @@ for split in "${SPLITS[@]}"; do
   AGNOSTIC_FLAGS=()
   if [ -n "$AGNOSTIC" ] && [ "$split" = test ]; then
     "$PYTHON" experiments/squad_qg.py group "$DATA/squad_qg_du/test.jsonl" "$WORK/test.by_sentence.jsonl"
-    AGNOSTIC_FLAGS=(--agnostic "$WORK/test.by_sentence.jsonl" "$(ls "$AGNOSTIC"/test.pred.txt* | head -n 1)")
+    if [ -f "$AGNOSTIC/test.pred.txt" ]; then cp "$AGNOSTIC/test.pred.txt" "$WORK/agnostic.test.pred.txt"
+    else gunzip -c "$AGNOSTIC/test.pred.txt.gz" > "$WORK/agnostic.test.pred.txt"; fi
+    AGNOSTIC_FLAGS=(--agnostic "$WORK/test.by_sentence.jsonl" "$WORK/agnostic.test.pred.txt")
   fi
   "$PYTHON" experiments/squad_qg_answer.py score "$WORK/$split.grouped.jsonl" "$WORK/$split.pred.txt" \
     --json "$WORK/$split.scores.json" --train_log "$WORK/model/train_log.jsonl" "${AGNOSTIC_FLAGS[@]}"
