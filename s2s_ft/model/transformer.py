@@ -110,8 +110,10 @@ class KVCache:
     def __init__(self, config: ModelConfig, batch_size: int, max_length: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         shape = (config.num_hidden_layers, batch_size, config.num_attention_heads, max_length, config.head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        # Not zeroed: a column is written (layer_kv) before any forward reads it, and reads stop at the columns
+        # written so far; zeroing cost a memset of the whole cache per decoding call
+        self.keys = torch.empty(shape, device=device, dtype=dtype)
+        self.values = torch.empty(shape, device=device, dtype=dtype)
         self.key_rank = torch.full((batch_size, max_length), NEVER_VISIBLE, device=device, dtype=torch.long)
         self.positions = torch.zeros((batch_size, max_length), device=device, dtype=torch.long)
         self.length = 0
