@@ -44,6 +44,8 @@ setup(
         # tested with; playwright: drives Debian's chromium for the page's test (scripts/setup.sh installs chromium)
         "test": ["pytest", "httpx", "openai", "playwright"],
         "eval": ["rouge-score", "sacrebleu", "nltk", "matplotlib"],
+        # --metrics coco: the coco-caption scorers QG papers report (METEOR 1.5 runs its jar: needs Java)
+        "papers": ["pycocoevalcap"],
         # s2s-ft-serve (/metrics: prometheus-client; token streams: sse-starlette)
         "serve": ["fastapi", "uvicorn", "prometheus-client", "sse-starlette"],
         "lora": ["peft"],  # --lora_rank, s2s_ft.hf.from_pretrained_with_adapter

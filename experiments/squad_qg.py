@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from output_diagnostics import faithfulness, shares_source_word  # noqa: E402  (this folder is on sys.path when run as a script)
 
 from s2s_ft.data.reading import DataError  # noqa: E402
-from s2s_ft.evaluation.metrics import read_dev_examples, read_hypotheses, score  # noqa: E402
+from s2s_ft.evaluation.metrics import SCORES, read_dev_examples, read_hypotheses, score  # noqa: E402
 from s2s_ft.fileio import write_atomic  # noqa: E402
 from s2s_ft.training.rundir import logged_seconds  # noqa: E402
 
@@ -67,10 +67,12 @@ def output_checks(outputs: list[str], sources: list[str], refs: Optional[list[li
     return checks if refs is None else {**checks, **faithfulness(outputs, sources, refs)}
 
 
-def scores_of(outputs: list[str], sources: list[str], refs: list[list[str]]) -> dict:
-    values = score(outputs, refs, METRICS)
-    return {**{key: round(values[key], 2) for key in REPORTED}, **{k: round(v, 4) for k, v in
-                                                                    output_checks(outputs, sources, refs).items()}}
+def scores_of(outputs: list[str], sources: list[str], refs: list[list[str]], coco: bool = False) -> dict:
+    """The reported scores (with ``coco`` also the papers' coco-caption BLEU-4 / METEOR 1.5 / ROUGE-L) and checks."""
+    values = score(outputs, refs, METRICS + (("coco",) if coco else ()))
+    keys = REPORTED + (SCORES["coco"] if coco else ())
+    return {**{key: round(values[key], 2) for key in keys}, **{k: round(v, 4) for k, v in
+                                                               output_checks(outputs, sources, refs).items()}}
 
 
 def train_seconds(path: str) -> float:
@@ -107,6 +109,8 @@ def group_and_score_commands(description: str, grouped: str):
     scorer.add_argument("predictions")
     scorer.add_argument("--json", required=True, help="where to write the scores")
     scorer.add_argument("--train_log", help="the run's train_log.jsonl: adds train_seconds")
+    scorer.add_argument("--coco", action="store_true",
+                        help="also the papers' coco-caption BLEU-4, METEOR 1.5 and ROUGE-L (.[papers] and Java)")
     return parser, commands, group, scorer
 
 
@@ -134,8 +138,8 @@ def main(argv=None) -> None:
                             f"sources")
     except DataError as error:
         raise SystemExit(f"error: {error}") from None
-    report = {"n": len(sources), **scores_of(outputs, sources, refs),
-              "baselines": {name: scores_of(lines, sources, refs) for name, lines in baselines(sources).items()}}
+    report = {"n": len(sources), **scores_of(outputs, sources, refs, args.coco),
+              "baselines": {name: scores_of(lines, sources, refs, args.coco) for name, lines in baselines(sources).items()}}
     if args.train_log:
         report["train_seconds"] = train_seconds(args.train_log)
     write_atomic(args.json, json.dumps(report, indent=2) + "\n")

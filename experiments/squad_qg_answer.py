@@ -13,7 +13,8 @@ first appearance (``refs``: all questions of the pair, ``tgt`` the first): the f
 ``score`` scores. With ``--paragraphs`` the source is the sentence's whole paragraph (paragraph-level QG, the s2s-ft
 setting), the answer pointed at inside it (``sentence`` keeps the sentence, which stays the grouping key).
 
-``score`` reports BLEU-4 as QG papers compute it (nltk, lower-cased tokens), METEOR and ROUGE-L, on the same references
+``score`` reports BLEU-4 as QG papers compute it (nltk, lower-cased tokens), METEOR and ROUGE-L (with ``--coco`` also
+the coco-caption METEOR 1.5 and ROUGE-L the papers' tables hold; nltk's METEOR is not theirs), on the same references
 with the same scorer as three trivial baselines (copy the sentence; the sentence with its answer replaced by "what",
 ending in "?"; and with ``--agnostic`` an answer-agnostic model's question for the sentence, given to every answer
 of it), and how the answer is used: of the sentences asked about two or more different answers, the share given two
@@ -177,14 +178,14 @@ def agnostic_outputs(records: list[dict], grouped_file: str, predictions: str) -
     return [by_sentence[sentence_of(r)] for r in records]
 
 
-def report(records: list[dict], outputs: list[str], agnostic: Optional[list[str]] = None) -> dict:
+def report(records: list[dict], outputs: list[str], agnostic: Optional[list[str]] = None, coco: bool = False) -> dict:
     sentences, refs = [sentence_of(r) for r in records], [r["refs"] for r in records]
     baselines = {"copy the sentence": sentences, "the sentence, answer -> \"what\", \"?\"": [what_baseline(r)
                                                                                            for r in records]}
     if agnostic is not None:
         baselines["answer-agnostic model, same question for every answer"] = agnostic
-    return {"n": len(records), **scores_of(outputs, sentences, refs), **answer_use(records, outputs),
-            "baselines": {name: {**scores_of(lines, sentences, refs), **answer_use(records, lines)}
+    return {"n": len(records), **scores_of(outputs, sentences, refs, coco), **answer_use(records, outputs),
+            "baselines": {name: {**scores_of(lines, sentences, refs, coco), **answer_use(records, lines)}
                           for name, lines in baselines.items()}}
 
 
@@ -192,10 +193,14 @@ def format_table(result: dict, grouped_file: str) -> str:
     lines = [f"{grouped_file}: {result['n']} distinct (sentence, answer) pairs, all their questions as references",
              f"{'':56s} {'BLEU-4':>7s} {'METEOR':>7s} {'ROUGE-L':>8s} {'2+ q.':>7s} {'has ans':>8s} {'unsupp.':>8s}"
              f" {'number':>7s}"]
+    coco = "meteor_coco" in result
+    if coco:
+        lines[1] += f" {'METEOR 1.5':>10s} {'ROUGE-L 1.2':>11s}"
     for name, row in [("model", result)] + list(result["baselines"].items()):
         lines.append(f"{name:56s} {row['bleu4_tok']:7.2f} {row['meteor']:7.2f} {row['rougeL']:8.2f} "
                      f"{100 * row['several_answers_several_questions']:6.1f}% {100 * row['contains_answer']:7.1f}% "
-                     f"{100 * row['unsupported_word']:7.1f}% {100 * row['unsupported_number']:6.1f}%")
+                     f"{100 * row['unsupported_word']:7.1f}% {100 * row['unsupported_number']:6.1f}%"
+                     + (f" {row['meteor_coco']:10.2f} {row['rougeL_coco']:11.2f}" if coco else ""))
     lines.append(f"{'references':56s} {'':7s} {'':7s} {'':8s} {'':7s} {100 * result['refs_contain_answer']:7.1f}% "
                  f"{100 * result['refs_unsupported_word']:7.1f}% {100 * result['refs_unsupported_number']:6.1f}%")
     return "\n".join(lines)
@@ -253,7 +258,7 @@ def main(argv=None) -> None:
         agnostic = agnostic_outputs(records, *args.agnostic) if args.agnostic else None
     except DataError as error:
         raise SystemExit(f"error: {error}") from None
-    result = report(records, outputs, agnostic)
+    result = report(records, outputs, agnostic, args.coco)
     if args.train_log:
         result["train_seconds"] = train_seconds(args.train_log)
     write_atomic(args.json, json.dumps(result, indent=2) + "\n")

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 from collections import Counter
 
 import pytest
@@ -294,9 +295,62 @@ def test_read_dev_examples_reads_only_the_sample(tmp_path):
 
 def test_metric_keys_are_what_score_returns():
     for family, keys in evaluate.SCORES.items():
-        if family != "meteor":  # needs WordNet; its key is checked in the METEOR tests
+        if family not in ("meteor", "coco"):  # need WordNet / a JVM: their keys are checked in their own tests
             assert set(score(["a b"], [["a b"]], metrics=[family])) == set(keys) | {"n"}
         assert all(evaluate.metric_family(key) == family for key in keys)
+
+
+def _coco_or_skip():
+    pytest.importorskip("pycocoevalcap")
+    if shutil.which("java") is None:
+        pytest.skip("no java: METEOR 1.5 runs a jar")
+
+
+def _lcs(a, b):
+    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            table[i + 1][j + 1] = table[i][j] + 1 if x == y else max(table[i][j + 1], table[i + 1][j])
+    return table[-1][-1]
+
+
+def test_coco_scores_match_nltk_bleu_and_a_by_hand_rouge_l():
+    """The papers' coco-caption scorers: BLEU-4 agrees with nltk's (every hypothesis has 4+ tokens, so the two
+    formulas meet), ROUGE-L is the beta-1.2 F of the best LCS precision and recall over the references
+    (recomputed here by hand), and METEOR 1.5 ranks an exact copy above a half-right question."""
+    _coco_or_skip()
+    hyps = ["What year did the war End ?", "who wrote the book about cats ?", "where is the river"]
+    refs = [["in what year did the war end ?", "when did the war end ?"], ["who wrote the cat book ?"],
+            ["where does the river flow ?", "where is the river located ?"]]
+    result = score(hyps, refs, metrics=["coco", "bleu"])
+    assert set(result) >= set(evaluate.SCORES["coco"])
+    assert result["bleu4_coco"] == pytest.approx(result["bleu4_tok"], abs=1e-3)
+    beta, total = 1.2, 0.0
+    for hyp, sentence_refs in zip(hyps, refs):
+        h = hyp.lower().split()
+        lcs = [_lcs(h, r.split()) for r in sentence_refs]
+        precision = max(x / len(h) for x in lcs)
+        recall = max(x / len(r.split()) for x, r in zip(lcs, sentence_refs))
+        total += (1 + beta ** 2) * precision * recall / (recall + beta ** 2 * precision) if precision and recall else 0
+    assert result["rougeL_coco"] == pytest.approx(100 * total / len(hyps), abs=1e-6)
+    exact = score([refs[0][0]], [refs[0]], metrics=["coco"])["meteor_coco"]
+    partial = score(["what year did the war end ?"], [["when was the treaty signed ?"]], metrics=["coco"])
+    assert 90 < exact <= 100 and partial["meteor_coco"] < exact
+
+
+def test_coco_without_the_package_is_one_clear_line(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def refuse(name, *args, **kwargs):
+        if name.startswith("pycocoevalcap"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", refuse)
+    with pytest.raises(evaluate.UsageError, match=r"pycocoevalcap: pip install"):
+        score(["a"], [["a"]], metrics=["coco"])
 
 
 def write(path, lines):

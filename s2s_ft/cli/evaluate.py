@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hyp", required=True, help="hypotheses, one a line")
     parser.add_argument("--ref", required=True,
                         help="references: JSONL with tgt (and refs for multi-reference), or text, one a line")
-    parser.add_argument("--metrics", default=",".join(METRICS), help="comma-separated: rouge,bleu,meteor")
+    parser.add_argument("--metrics", default=",".join(METRICS),
+                        help="comma-separated: rouge,bleu,meteor (the default) and coco (the QG papers' coco-caption "
+                             "BLEU-4, METEOR 1.5 and ROUGE-L: needs .[papers] and Java)")
     parser.add_argument("--json", default=None, help="also write the scores to this JSON file")
     parser.add_argument("--lowercase", action="store_true", help="lowercase hypotheses and references first")
     parser.add_argument("--nltk_data", default=None,

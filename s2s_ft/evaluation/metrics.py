@@ -37,6 +37,13 @@ Metrics (``--metrics``, comma-separated):
 
   WordNet comes from Debian's ``wordnet-base`` package, prepared for nltk by ``s2s_ft.evaluation.wordnet``.
 
+* ``coco`` -> ``bleu4_coco``, ``meteor_coco``, ``rougeL_coco``: the coco-caption scorers that question-generation
+  papers ran (Du et al.'s ``qgevalcap/eval.py``, copied into UniLM's and ProphetNet's QG evaluation), from the
+  ``pycocoevalcap`` package (``pip install -e ".[papers]"``; METEOR needs Java): BLEU-4 with the closest reference
+  length, METEOR 1.5 (the jar, ``-l en -norm``, with its paraphrase table) and ROUGE-L with beta 1.2 (the best
+  LCS precision and recall over the references), on the same lowercased whitespace tokens. Not in the default
+  set: it is the number to put beside published QG rows, and the one that needs a JVM.
+
 Input files:
 
 * ``--hyp``: one hypothesis per line (an empty line is an empty hypothesis).
@@ -54,9 +61,12 @@ Python::
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import logging
 import os
+import shutil
 import warnings
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -71,8 +81,10 @@ from s2s_ft.evaluation.wordnet import (
 
 log = logging.getLogger(__name__)
 
-METRICS = ("rouge", "bleu", "meteor")
-SCORES = {"rouge": ("rouge1", "rouge2", "rougeL"), "bleu": ("bleu", "bleu4_tok"), "meteor": ("meteor",)}  # keys
+METRICS = ("rouge", "bleu", "meteor")  # the default set
+PAPER_METRICS = ("coco",)  # asked for by name: a 100 MB package and a JVM
+SCORES = {"rouge": ("rouge1", "rouge2", "rougeL"), "bleu": ("bleu", "bleu4_tok"), "meteor": ("meteor",),
+          "coco": ("bleu4_coco", "meteor_coco", "rougeL_coco")}  # the keys each metric family produces
 METRIC_KEYS = tuple(key for keys in SCORES.values() for key in keys)
 
 
@@ -141,19 +153,47 @@ def meteor(hyps: Sequence[str], refs: Sequence[Sequence[str]], nltk_data_dir: Op
     return 100.0 * total / max(len(hyps), 1)
 
 
+def coco(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> Dict[str, float]:
+    """The coco-caption BLEU-4, METEOR 1.5 and ROUGE-L (beta 1.2) of QG papers, on lowercased tokens, x 100."""
+    try:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.meteor.meteor import Meteor
+        from pycocoevalcap.rouge.rouge import Rouge
+    except ImportError:
+        raise UsageError('the coco metrics need pycocoevalcap: pip install -e ".[papers]"') from None
+    if shutil.which("java") is None:
+        raise UsageError("the coco METEOR runs the METEOR 1.5 jar, and no java is on PATH "
+                         "(Debian: apt-get install default-jre-headless)")
+    # the scorers take {id: [text, ...]}; METEOR's stdin protocol splits on "|||", so it is taken out of the text
+    gts = {i: [" ".join(tokens(r)).replace("|||", "") for r in sentence_refs] for i, sentence_refs in enumerate(refs)}
+    res = {i: [" ".join(tokens(h)).replace("|||", "")] for i, h in enumerate(hyps)}
+    with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its length ratios
+        bleu_n, _ = Bleu(4).compute_score(gts, res)
+    rouge_l, _ = Rouge().compute_score(gts, res)
+    scorer = Meteor()
+    try:
+        meteor_value, _ = scorer.compute_score(gts, res)
+    finally:
+        del scorer  # stops the JVM
+    return {"bleu4_coco": 100.0 * float(bleu_n[3]), "meteor_coco": 100.0 * float(meteor_value),
+            "rougeL_coco": 100.0 * float(rouge_l)}
+
+
 def score(hyps: Sequence[str], refs: Sequence[Sequence[str]], metrics: Iterable[str] = METRICS,
           lowercase: bool = False, nltk_data_dir: Optional[str] = None,
           wordnet_dir: str = DEFAULT_WORDNET_DIR) -> Dict[str, float]:
     """Corpus scores (0-100) of ``hyps[i]`` against its references ``refs[i]`` (one or more strings each).
 
-    ``metrics``: any of ``rouge`` (rouge1, rouge2, rougeL), ``bleu`` (bleu, bleu4_tok), ``meteor``. The result
+    ``metrics``: any of ``rouge`` (rouge1, rouge2, rougeL), ``bleu`` (bleu, bleu4_tok), ``meteor``, ``coco``
+    (bleu4_coco, meteor_coco, rougeL_coco). The result
     also holds ``n``, the number of sentences. ``lowercase`` lowercases everything first (only sacrebleu's
     ``bleu`` is case-sensitive otherwise).
     """
     metrics = [m.strip().lower() for m in metrics if m.strip()]
-    unknown = [m for m in metrics if m not in METRICS]
+    known = METRICS + PAPER_METRICS
+    unknown = [m for m in metrics if m not in known]
     if unknown or not metrics:
-        raise UsageError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}: choose from {', '.join(METRICS)}")
+        raise UsageError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}: choose from {', '.join(known)}")
     if len(hyps) != len(refs):
         raise DataError(f"{len(hyps)} hypotheses but {len(refs)} reference sets")
     refs = [[r] if isinstance(r, str) else list(r) for r in refs]
@@ -172,6 +212,8 @@ def score(hyps: Sequence[str], refs: Sequence[Sequence[str]], metrics: Iterable[
         result["bleu4_tok"] = bleu4_tok(hyps, refs)
     if "meteor" in metrics:
         result["meteor"] = meteor(hyps, refs, nltk_data_dir, wordnet_dir)
+    if "coco" in metrics:
+        result.update(coco(hyps, refs))
     result["n"] = len(hyps)
     return result
 
