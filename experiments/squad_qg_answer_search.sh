@@ -10,7 +10,7 @@
 # writes WORK_DIR/dev_search/. Overridable: GRID ("BEAM:PENALTY:MIN_LEN ..."), EVERY (5: every 5th dev pair).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/recipe_common.sh"
-GRID="${GRID:-5:2.0:6 5:1.0:6 5:1.5:6 5:2.0:4 5:2.5:6 8:2.0:6}"
+GRID="${GRID:-5:2.0:6 5:1.0:6 5:3.0:6 5:2.0:4 5:2.0:8 5:3.0:8 8:2.0:6 8:2.0:8 8:3.0:6 8:3.0:8 10:2.5:8}"  # the grid searched for the recorded run
 EVERY="${EVERY:-5}"
 MODEL="$(last_checkpoint "$WORK/model")"
 [ -n "$MODEL" ] || { echo "error: no finished checkpoint in $WORK/model" >&2; exit 2; }
