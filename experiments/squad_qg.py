@@ -81,6 +81,15 @@ def train_seconds(path: str) -> float:
     return round(logged_seconds(path), 1)
 
 
+def write_report(report: dict, args, table) -> None:
+    """The ``score`` command's ending: adds ``train_seconds`` (with ``--train_log``), writes ``--json`` and prints
+    ``table(report, grouped_file)``."""
+    if args.train_log:
+        report["train_seconds"] = train_seconds(args.train_log)
+    write_atomic(args.json, json.dumps(report, indent=2) + "\n")
+    print(table(report, args.grouped_file))
+
+
 def format_table(report: dict, grouped_file: str = "") -> str:
     rows = [("model", report)] + list(report["baselines"].items())
     lines = [f"{grouped_file or 'grouped file'}: {report['n']} distinct sentences, all their questions as references",
@@ -140,10 +149,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: {error}") from None
     report = {"n": len(sources), **scores_of(outputs, sources, refs, args.coco),
               "baselines": {name: scores_of(lines, sources, refs, args.coco) for name, lines in baselines(sources).items()}}
-    if args.train_log:
-        report["train_seconds"] = train_seconds(args.train_log)
-    write_atomic(args.json, json.dumps(report, indent=2) + "\n")
-    print(format_table(report, args.grouped_file))
+    write_report(report, args, format_table)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from typing import Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for s2s_ft
 
 from output_diagnostics import FUNCTION_WORDS  # noqa: E402  (this folder is on sys.path when run as a script)
-from squad_qg import group_and_score_commands, scores_of, train_seconds  # noqa: E402
+from squad_qg import group_and_score_commands, scores_of, write_report  # noqa: E402
 
 from s2s_ft.data.reading import DataError, iter_jsonl  # noqa: E402
 from s2s_ft.evaluation.metrics import read_hypotheses  # noqa: E402
@@ -258,11 +258,7 @@ def main(argv=None) -> None:
         agnostic = agnostic_outputs(records, *args.agnostic) if args.agnostic else None
     except DataError as error:
         raise SystemExit(f"error: {error}") from None
-    result = report(records, outputs, agnostic, args.coco)
-    if args.train_log:
-        result["train_seconds"] = train_seconds(args.train_log)
-    write_atomic(args.json, json.dumps(result, indent=2) + "\n")
-    print(format_table(result, args.grouped_file))
+    write_report(report(records, outputs, agnostic, args.coco), args, format_table)
 
 
 if __name__ == "__main__":
