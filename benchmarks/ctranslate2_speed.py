@@ -236,6 +236,9 @@ def parse_args():
     add("--model_dir", default=None, help="base checkpoint of HF bert2bert (and of ours without --model_path); "
                                           "default: the packaged all-MiniLM-L6-v2")
     add("--model_path", default=None, help="a fine-tuned checkpoint for ours (default: the base, pseudo-masked)")
+    add("--method", default="pseudo_masked", choices=("pseudo_masked", "masked", "causal"),
+        help="how ours decodes the base checkpoint (a fine-tuned --model_path decodes as it was trained): a "
+             "pseudo-masked or masked step feeds two tokens per hypothesis, a causal step one")
     add("--sentences", type=int, default=80, help="distinct sources decoded per round (default %(default)s)")
     add("--tokens", type=int, default=32, help="generated tokens per sentence, forced (default %(default)s)")
     add("--batch_sizes", type=int_list, default=[1, 16, 64])
@@ -251,7 +254,8 @@ def parse_args():
 
 def load_systems(args, cpu):
     """(our decoders by name, tokenizer, HF bert2bert or None): fp32, int8 and, with native bf16, bf16 autocast."""
-    ours, int8, tokenizer = load_ours(args.model_path, args.model_dir, args.max_source + args.tokens + 32, CPU)
+    ours, int8, tokenizer = load_ours(args.model_path, args.model_dir, args.max_source + args.tokens + 32, CPU,
+                                      args.method)
     systems = {"ours_fp32": ours, "ours_int8": int8}
     if cpu["bf16_native"]:
         systems["ours_bf16"] = Seq2SeqDecoder(ours.model, ours.special, ours.method, CPU,
@@ -326,13 +330,14 @@ def run_report(args, ctranslate2, cpu, systems, translators, bart, tokenizer, hf
               "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                            "ctranslate2": ctranslate2.__version__},
               "ct2_cpu_compute_types": sorted(ctranslate2.get_supported_compute_types("cpu")),
-              "model": args.model_path or args.model_dir or minilm_dir(), "bart": bart, "sentences": len(texts),
+              "model": args.model_path or args.model_dir or minilm_dir(),
+              "method": systems["ours_fp32"].method.name, "bart": bart, "sentences": len(texts),
               "tokens": args.tokens, "rounds": args.rounds, "figure": "sentences/s of the median round"}
     flags = ", ".join(f"{flag} {'yes' if present else 'no'}" for flag, present in cpu["flags"].items())
     print(f"CPU: {cpu['model_name']} ({cpu['cores']} cores; {flags}); {args.threads} thread(s)\n"
           f"torch {torch.__version__}, transformers {transformers.__version__}, ctranslate2 "
           f"{ctranslate2.__version__} (CPU compute types: {', '.join(report['ct2_cpu_compute_types'])})\n"
-          f"ours: {report['model']}; CTranslate2: BART {bart}; {len(texts)} sentences, {args.tokens} tokens forced, "
+          f"ours: {report['model']} ({report['method']}); CTranslate2: BART {bart}; {len(texts)} sentences, {args.tokens} tokens forced, "
           f"{args.rounds} round(s), systems: {', '.join(systems)}, "
           f"{', '.join('ct2_' + kind for kind in translators)}" + (", hf_bert2bert" if hf else ""), flush=True)
     report["cells"] = measure(args, systems, translators, tokenizer, hf, texts)

@@ -10,7 +10,7 @@ Levers (each a pair of variants, the first the baseline):
 * ``mask``: the attention mask handed to SDPA as a boolean (converted to an additive mask inside every layer) vs
   additive, made once per forward (the model's way on a CPU);
 * ``int8_engine``: ``--quantize int8`` on fbgemm's kernels vs oneDNN's (torch's "onednn" quantized engine; on CPUs
-  with AMX it multiplies int8 on the tile unit);
+  with AMX it multiplies int8 on the tile unit, and ``--quantize int8`` picks it there: s2s_ft/model/quantize.py);
 * ``bf16``: fp32 vs bf16 autocast (native on CPUs with avx512_bf16 / AMX; another precision: reported beside fp32,
   never instead of it).
 
@@ -46,13 +46,18 @@ def boolean_mask(model):
 
 @contextlib.contextmanager
 def quantized_engine(name: str):
-    import torch
-    before = torch.backends.quantized.engine
-    torch.backends.quantized.engine = name
+    """int8 layers packed for engine ``name`` (``S2S_FT_INT8_ENGINE``; the packed weights carry their kernel)."""
+    from s2s_ft.model.quantize import ENGINE_ENV
+
+    before = os.environ.get(ENGINE_ENV)
+    os.environ[ENGINE_ENV] = name
     try:
         yield
     finally:
-        torch.backends.quantized.engine = before
+        if before is None:
+            os.environ.pop(ENGINE_ENV)
+        else:
+            os.environ[ENGINE_ENV] = before
 
 
 def variants(lever: str, fp32, special, method):
@@ -72,8 +77,7 @@ def variants(lever: str, fp32, special, method):
         made = []
         for engine in ("fbgemm", "onednn"):
             with quantized_engine(engine):  # weights are packed for the engine they run on
-                made.append((f"int8 on {engine}", decoder(quantize_int8(copy.deepcopy(fp32))),
-                             lambda engine=engine: quantized_engine(engine)))
+                made.append((f"int8 on {engine}", decoder(quantize_int8(copy.deepcopy(fp32))), contextlib.nullcontext))
         return made
     if lever == "bf16":
         return [("fp32", decoder(fp32), contextlib.nullcontext),

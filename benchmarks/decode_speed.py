@@ -184,10 +184,10 @@ def parse_args():
     return args
 
 
-def load_ours(model_path, model_dir, min_positions, device):
+def load_ours(model_path, model_dir, min_positions, device, method="pseudo_masked"):
     """(fp32 decoder, int8 decoder or None on a GPU, tokenizer) of ``model_path`` (fine-tuned) or, without it, the
-    base checkpoint ``model_dir`` (default all-MiniLM-L6-v2) as a pseudo-masked model with at least
-    ``min_positions`` positions."""
+    base checkpoint ``model_dir`` (default all-MiniLM-L6-v2) decoded as ``method`` would (a pseudo-masked or masked
+    step feeds two tokens per hypothesis, a causal step one) with at least ``min_positions`` positions."""
     if model_path:
         model, settings = checkpoint.load_finetuned(model_path)
         tokenizer = load_tokenizer(model_path)
@@ -197,7 +197,6 @@ def load_ours(model_path, model_dir, min_positions, device):
         model, info = checkpoint.load_pretrained("bert", model_dir, min_positions=min_positions)
         tokenizer = load_tokenizer(model_dir)
         special = special_ids(tokenizer, *checkpoint.default_segment_ids("bert", info["hf_config"]))
-        method = "pseudo_masked"
     int8 = None
     if device.type == "cpu":  # int8 kernels are CPU-only; the copy keeps the fp32 model intact
         int8 = Seq2SeqDecoder(quantize_int8(copy.deepcopy(model)), special, method, device)

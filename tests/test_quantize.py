@@ -22,6 +22,7 @@ from s2s_ft.cli import decode
 from s2s_ft.decoding import inference
 from s2s_ft.decoding.search import SearchConfig, Seq2SeqDecoder
 from s2s_ft.errors import UsageError
+from s2s_ft.model import quantize
 from s2s_ft.model.quantize import Int8Linear, check_quantize, quantize_int8
 
 
@@ -84,18 +85,36 @@ class LayerCheck:
         self.ties, self.inputs = self.ties + int(ties.sum()), self.inputs + x.numel()
 
 
+ENGINES = [e for e in ("fbgemm", "onednn") if e in torch.backends.quantized.supported_engines]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("rows", [1, 7, 100])
-def test_int8_linear_matches_the_dequantised_reference(rows):
+def test_int8_linear_matches_the_dequantised_reference(rows, engine, monkeypatch):
+    monkeypatch.setenv(quantize.ENGINE_ENV, engine)  # both x86 engines follow the documented rule
     torch.manual_seed(rows)
     weight, bias, x = torch.randn(48, 32), torch.randn(48), torch.randn(rows, 3, 32) * 3
     x[0, 0, 0] = 40.0  # an outlier sets the tensor's scale, as BERT's outlier dimensions do
     layer = Int8Linear(weight, bias).eval()
+    assert layer.engine == engine
     check = LayerCheck(layer)
     got = layer(x)
     assert got.shape == (rows, 3, 48) and check.calls == 1
     assert check.worst < 1e-5  # measured ~2e-7: fp32 rounding
     exact = F.linear(x, weight, bias)
     assert (got - exact).abs().max() > 1e-3 * exact.abs().max()  # the quantisation error is there (teeth)
+
+
+def test_the_engine_is_onednn_only_on_amx_cpus_unless_chosen(monkeypatch):
+    monkeypatch.delenv(quantize.ENGINE_ENV, raising=False)
+    has_onednn = "onednn" in torch.backends.quantized.supported_engines
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni", "amx_int8"}))
+    assert quantize.int8_engine() == ("onednn" if has_onednn else "fbgemm")
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_vnni"}))
+    assert quantize.int8_engine() == "fbgemm"
+    monkeypatch.setenv(quantize.ENGINE_ENV, "qnnpack-of-dreams")
+    with pytest.raises(UsageError, match=r"S2S_FT_INT8_ENGINE=qnnpack-of-dreams: this torch has the quantized "):
+        quantize.int8_engine()
 
 
 def test_reference_weights_are_the_packed_weights():
@@ -167,7 +186,7 @@ def test_without_vnni_inputs_are_quantised_to_7_bits():
             "from test_quantize import LayerCheck; torch.manual_seed(0); w, x = torch.rand(8, 64), "
             "torch.rand(4, 64) + 1; x[:, 0] = -0.01; layer = Int8Linear(w).eval(); check = LayerCheck(layer); "
             "layer(x); print(layer.reduce_range, r(), check.worst)")
-    env = {**os.environ, "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "OMP_NUM_THREADS": "1", quantize.ENGINE_ENV: "fbgemm",
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -9,7 +9,10 @@ multiplies in int8 with int32 accumulation and rescales to fp32, bias added. Emb
 attention (softmax(QK^T)V, the key/value cache) and the search stay fp32.
 
 The kernel is ``torch.ops.quantized.linear_dynamic`` on weights packed by ``torch.ops.quantized.linear_prepack``
-(fbgemm, the x86 engine; x86 CPUs with AVX2 or newer). Measured on this project's CPU (AVX-512 VNNI), one thread,
+for one of torch's two x86 engines (``int8_engine``): oneDNN's where the CPU has AMX int8 tiles (``amx_int8`` in
+/proc/cpuinfo: measured 1.15x fbgemm's beam-5 decoding throughput on such a Xeon, docs/speed.md), fbgemm's
+elsewhere (x86 CPUs with AVX2 or newer); ``S2S_FT_INT8_ENGINE=fbgemm|onednn`` overrides. The engine matters when
+the weights are packed: the packed weights carry their kernel. Measured on this project's CPU (AVX-512 VNNI), one thread,
 fp32 ``F.linear`` = 1: MiniLM's 384 x 1536 layer at 10 / 160 rows (a beam-5 step at batch 1 / 16) 0.23 / 0.28
 of the time, the 384 x 30522 vocabulary projection 0.08 / 0.23. The alternatives in torch 2.13: ``torch._int_mm``
 (int8 x int8 -> int32, the input quantised in Python) took 1.2-1.9x linear_dynamic's time at the row counts of a
@@ -35,7 +38,9 @@ fp32 (the kernels take fp32 inputs).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import warnings
 from typing import Optional
 
@@ -64,36 +69,73 @@ def check_quantize(quantize: str, device, precision: str = "fp32") -> None:
     activation_reduce_range()  # refuses, in one line, a CPU or torch without a usable int8 kernel
 
 
-def _pack(weight: torch.Tensor, bias: Optional[torch.Tensor]):
-    """fbgemm-packed per-channel symmetric int8 weights (scale = max |row| / 127, zero point 0)."""
+ENGINE_ENV = "S2S_FT_INT8_ENGINE"
+
+
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def int8_engine() -> str:
+    """The quantized engine the int8 layers are packed for: ``$S2S_FT_INT8_ENGINE`` if set, else oneDNN where the
+    CPU has AMX int8 tiles and torch has the engine, else fbgemm."""
+    supported = torch.backends.quantized.supported_engines
+    chosen = os.environ.get(ENGINE_ENV, "").strip()
+    if chosen:
+        if chosen not in supported:
+            raise UsageError(f"{ENGINE_ENV}={chosen}: this torch has the quantized engines {', '.join(supported)}")
+        return chosen
+    return "onednn" if "amx_int8" in cpu_flags() and "onednn" in supported else "fbgemm"
+
+
+@contextlib.contextmanager
+def _packing_for(engine: str):
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
+
+
+def _pack(weight: torch.Tensor, bias: Optional[torch.Tensor], engine: str):
+    """Per-channel symmetric int8 weights (scale = max |row| / 127, zero point 0) packed for ``engine``."""
     weight = weight.detach().float().contiguous()
     scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
     zeros = torch.zeros(weight.shape[0], dtype=torch.long)
-    with warnings.catch_warnings():  # torch 2.13 flags quantized-tensor constructors as deprecated; prepack needs one
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(), _packing_for(engine):  # torch 2.13 flags quantized-tensor constructors as
+        warnings.simplefilter("ignore")  # deprecated; prepack needs one
         qweight = torch.quantize_per_channel(weight, scales, zeros, 0, torch.qint8)
         return torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float())
 
 
 @functools.lru_cache(maxsize=None)
-def activation_reduce_range() -> bool:
+def activation_reduce_range(engine: Optional[str] = None) -> bool:
     """Whether inputs must be quantised to 7 bits on this CPU: False when a full-range input that saturates an
     int16 pairwise product (all inputs near the top of uint8, all weights positive and at full scale) still comes
     out exact, i.e. the kernel accumulates in int32 (VNNI). UsageError if neither setting is exact."""
     weight = torch.full((8, 64), 1.0)
     inputs = torch.full((4, 64), 1.0)
     inputs[:, 0] = -0.01  # a zero point of ~1: every other input quantises to ~255
+    engine = engine or int8_engine()
     try:
-        packed = _pack(weight, None)
+        packed = _pack(weight, None, engine)
         for reduce_range in (False, True):
             got = torch.ops.quantized.linear_dynamic(inputs, packed, reduce_range)
             if torch.allclose(got, F.linear(inputs, weight), rtol=1e-2, atol=1e-2):
                 return reduce_range
     except (RuntimeError, AttributeError, NotImplementedError) as error:
         raise UsageError(f"--quantize int8: this torch / CPU has no usable int8 linear kernel (engine "
-                         f"{torch.backends.quantized.engine}): {str(error).splitlines()[0]}") from None
-    raise UsageError(f"--quantize int8: the int8 linear kernel (engine {torch.backends.quantized.engine}) gives "
-                     f"wrong results on this CPU")
+                         f"{engine}): {str(error).splitlines()[0]}") from None
+    raise UsageError(f"--quantize int8: the int8 linear kernel (engine {engine}) gives wrong results on this CPU")
 
 
 class Int8Linear(nn.Module):
@@ -103,8 +145,9 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.packed = _pack(weight, bias)
-        self.reduce_range = activation_reduce_range()
+        self.engine = int8_engine()
+        self.packed = _pack(weight, bias, self.engine)
+        self.reduce_range = activation_reduce_range(self.engine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -114,7 +157,8 @@ class Int8Linear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, reduce_range={self.reduce_range}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, engine={self.engine}, "
+                f"reduce_range={self.reduce_range}")
 
 
 class Int8MLMHead(nn.Module):
