@@ -28,9 +28,11 @@ Why the comparison is fair:
   decodes, as token strings: ``[CLS] pieces [SEP]``, the source ours encodes, of equal length; its decoder starts
   from ``[CLS]``. HF gets the same text through the same tokenizer.
 * **The same threads.** ``--threads`` for all: ``torch.set_num_threads`` and CTranslate2's ``intra_threads``
-  (``inter_threads=1``: one batch at a time, as ours and HF). Both libraries bring their own GNU OpenMP pool; the
-  pool that has just run spins only briefly (libgomp's default spin count, well under a millisecond to a few
-  milliseconds) before sleeping, against batches of tens of milliseconds and more.
+  (``inter_threads=1``: one batch at a time, as ours and HF).
+* **Separate processes.** CTranslate2 runs in a process of its own (``Ct2Process``), sent one batch at a time
+  while this process waits asleep: once CTranslate2 has run in a process, torch's decoding there stays slower
+  (measured 2.7x at batch 1), so a shared process would measure an interference, not the engines. The pipe's
+  round trip (a pickled batch of ids, well under a millisecond) is inside CTranslate2's time.
 * **Nothing outside decoding is timed.** Tokenisation, loading and conversion happen before the clock; the id to
   token-string lookup CTranslate2's API needs (a list index per piece, microseconds) is inside it.
 
@@ -138,20 +140,20 @@ def convert_bart(ctranslate2, bart_dir, out_dir):
     return converted
 
 
-def check_conversion(bart_dir, translator, tokenizer, ids):
+def check_conversion(bart_dir, ct2, tokenizer, ids):
     """The converted model is the BART: CTranslate2's log-probabilities of a target (here the source's own pieces)
     equal HF's for the saved BART, within fp32 rounding. Returns the largest difference."""
     from transformers import BartForConditionalGeneration
 
     source, target = [tokenizer.cls_token_id, *ids, tokenizer.sep_token_id], ids[:8]
     as_tokens = tokenizer.convert_ids_to_tokens
-    ct2 = translator.score_batch([as_tokens(source)], [as_tokens(target)])[0].log_probs  # target + [SEP]
+    converted = ct2.ask("score", "float32", as_tokens(source), as_tokens(target))  # target + [SEP]
     bart = BartForConditionalGeneration.from_pretrained(bart_dir).eval()
     with torch.inference_mode():
         logits = bart(input_ids=torch.tensor([source]),
                       decoder_input_ids=torch.tensor([[tokenizer.cls_token_id, *target]])).logits[0]
     hf = logits.log_softmax(-1)[torch.arange(len(target) + 1), torch.tensor([*target, tokenizer.sep_token_id])]
-    difference = max(abs(a - b) for a, b in zip(ct2, hf.tolist()))
+    difference = max(abs(a - b) for a, b in zip(converted, hf.tolist()))
     if difference > 1e-3:
         raise SystemExit(f"CTranslate2's conversion differs from the BART: log-probabilities {difference:.2g} apart")
     return difference
@@ -164,22 +166,74 @@ def ct2_compute_types(ctranslate2, bf16_native) -> list[str]:
     return [kind for kind in wanted if kind in supported]
 
 
-def ct2_runner(translator, vocabulary, tokens, beam):
-    """Runs one batch of id lists through CTranslate2 as token strings, ``[CLS] pieces [SEP]`` as ours encodes."""
-    def run(batch, _encoded):
-        sources = [["[CLS]", *(vocabulary[i] for i in ids), "[SEP]"] for ids in batch]
-        results = translator.translate_batch(sources, beam_size=beam, num_hypotheses=1, max_batch_size=0,
-                                             max_decoding_length=tokens, min_decoding_length=tokens)
-        for result in results:
-            assert len(result.hypotheses[0]) == tokens  # equal work: every hypothesis runs to the fixed length
-    return run
+def _ct2_reply(translators, vocabulary, message):
+    """The worker's answer to one request: ("translate", kind, batch, tokens, beam) runs a batch of id lists as
+    token strings, ``[CLS] pieces [SEP]`` as ours encodes; ("score", kind, source, target) gives log-probs."""
+    if message[0] == "score":
+        _, kind, source, target = message
+        return translators[kind].score_batch([source], [target])[0].log_probs
+    _, kind, batch, tokens, beam = message
+    sources = [["[CLS]", *(vocabulary[i] for i in ids), "[SEP]"] for ids in batch]
+    results = translators[kind].translate_batch(sources, beam_size=beam, num_hypotheses=1, max_batch_size=0,
+                                                max_decoding_length=tokens, min_decoding_length=tokens)
+    for result in results:
+        assert len(result.hypotheses[0]) == tokens  # equal work: every hypothesis runs to the fixed length
+    return None
 
 
-def cell_runners(systems, translators, vocabulary, hf, tokenizer, tokens, beam) -> dict:
+def _ct2_worker(connection, ct2_dir, kinds, threads, vocabulary):
+    import ctranslate2
+    translators = {kind: ctranslate2.Translator(ct2_dir, device="cpu", compute_type=kind, inter_threads=1,
+                                                intra_threads=threads) for kind in kinds}
+    connection.send("ready")
+    for message in iter(connection.recv, ("stop",)):
+        try:
+            connection.send(_ct2_reply(translators, vocabulary, message))
+        except Exception as error:  # noqa: BLE001  (reported in the parent, which stops)
+            connection.send(RuntimeError(f"CTranslate2 {message[0]}: {error!r}"))
+
+
+class Ct2Process:
+    """CTranslate2's translators in a process of their own, one request at a time over a pipe (the parent waits,
+    asleep, while a batch runs). Why not in our process: measured on the Intel Xeon of docs/speed.md, once
+    CTranslate2 has run a batch in a process, torch's decoding in that process stays slower for good (our int8
+    decoder at batch 1, beam 5: 6.0 sentences/s before, 2.2 after; nothing spins while idle and the threads'
+    affinity is unchanged), which made the first version of this benchmark 1.3-2.7x unfair to us."""
+
+    def __init__(self, ct2_dir, kinds, threads, vocabulary):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of ours has run there
+        self.kinds = list(kinds)
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_ct2_worker, args=(child, ct2_dir, self.kinds, threads, vocabulary),
+                                       daemon=True)
+        self.process.start()
+        if self.connection.recv() != "ready":
+            raise SystemExit("the CTranslate2 worker did not start")
+
+    def ask(self, *message):
+        self.connection.send(message)
+        reply = self.connection.recv()
+        if isinstance(reply, Exception):
+            raise SystemExit(str(reply))
+        return reply
+
+    def runner(self, kind, tokens, beam):
+        def run(batch, _encoded):
+            self.ask("translate", kind, batch, tokens, beam)
+        return run
+
+    def close(self):
+        self.connection.send(("stop",))
+        self.process.join(30)
+
+
+def cell_runners(systems, ct2, hf, tokenizer, tokens, beam) -> dict:
     """Every system's runner for one (batch, beam) cell; ``hf`` is None where HF does not run."""
     runners = {name: ours_runner(decoder, tokens, beam) for name, decoder in systems.items()}
-    for kind, translator in translators.items():
-        runners[f"ct2_{kind}"] = ct2_runner(translator, vocabulary, tokens, beam)
+    for kind in ct2.kinds:
+        runners[f"ct2_{kind}"] = ct2.runner(kind, tokens, beam)
     if hf is not None:
         runners["hf_bert2bert"] = hf_runner(hf, hf_generate_kwargs(tokenizer, tokens, beam), tokens)
     return runners
@@ -267,25 +321,22 @@ def load_systems(args, cpu):
 
 
 def load_translators(ctranslate2, args, model_config, tokenizer, cpu, work_dir, sample_ids):
-    """Builds, saves and converts the equal-width BART, checks the conversion on ``sample_ids`` (a source's
-    pieces); one ``Translator`` per compute type."""
+    """Builds, saves and converts the equal-width BART, starts the CTranslate2 process (one ``Translator`` per
+    compute type) and checks the conversion on ``sample_ids`` (a source's pieces); returns (process, shape)."""
     bart_dir, ct2_dir = os.path.join(work_dir, "bart"), os.path.join(work_dir, "ct2")
     bart = save_equal_width_bart(model_config, tokenizer, args.max_source + args.tokens + 2, bart_dir)
     convert_bart(ctranslate2, bart_dir, ct2_dir)
-    translators = {kind: ctranslate2.Translator(ct2_dir, device="cpu", compute_type=kind, inter_threads=1,
-                                                intra_threads=args.threads)
-                   for kind in ct2_compute_types(ctranslate2, cpu["bf16_native"])}
+    vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    ct2 = Ct2Process(ct2_dir, ct2_compute_types(ctranslate2, cpu["bf16_native"]), args.threads, vocabulary)
     shape = {key: getattr(bart, key) for key in ("vocab_size", "d_model", "encoder_layers", "decoder_layers",
                                                  "encoder_attention_heads", "encoder_ffn_dim")}
-    shape["conversion_max_logprob_difference"] = check_conversion(bart_dir, translators["float32"], tokenizer,
-                                                                  sample_ids)
-    return translators, shape
+    shape["conversion_max_logprob_difference"] = check_conversion(bart_dir, ct2, tokenizer, sample_ids)
+    return ct2, shape
 
 
 def measure(args, systems, translators, tokenizer, hf, texts) -> list[dict]:
     """Every (batch, beam) cell, the systems taking turns batch by batch."""
     ids = source_ids(tokenizer, texts, args.max_source)
-    vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     cells = []
     for batch_size in args.batch_sizes:
         starts = range(0, len(ids), batch_size)
@@ -293,8 +344,8 @@ def measure(args, systems, translators, tokenizer, hf, texts) -> list[dict]:
         encoded = [tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
                              max_length=args.max_source) for i in starts]
         for beam in args.beams:
-            runners = cell_runners(systems, translators, vocabulary,
-                                   hf if batch_size in args.hf_batch_sizes else None, tokenizer, args.tokens, beam)
+            runners = cell_runners(systems, translators, hf if batch_size in args.hf_batch_sizes else None,
+                                   tokenizer, args.tokens, beam)
             measured = median_round_speeds(runners, batches, encoded, args.rounds)
             speeds = {name: value["sentences_per_s"] for name, value in measured.items()}
             cell = {"batch": batch_size, "beam": beam, "sentences_per_s": speeds, "ratios": ratios(speeds),
@@ -317,7 +368,10 @@ def main():
     with tempfile.TemporaryDirectory() as scratch:
         translators, bart = load_translators(ctranslate2, args, systems["ours_fp32"].model.config, tokenizer, cpu,
                                              args.work_dir or scratch, source_ids(tokenizer, texts[:1], 34)[0])
-        report = run_report(args, ctranslate2, cpu, systems, translators, bart, tokenizer, hf, texts)
+        try:
+            report = run_report(args, ctranslate2, cpu, systems, translators, bart, tokenizer, hf, texts)
+        finally:
+            translators.close()
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2)
@@ -337,9 +391,10 @@ def run_report(args, ctranslate2, cpu, systems, translators, bart, tokenizer, hf
     print(f"CPU: {cpu['model_name']} ({cpu['cores']} cores; {flags}); {args.threads} thread(s)\n"
           f"torch {torch.__version__}, transformers {transformers.__version__}, ctranslate2 "
           f"{ctranslate2.__version__} (CPU compute types: {', '.join(report['ct2_cpu_compute_types'])})\n"
-          f"ours: {report['model']} ({report['method']}); CTranslate2: BART {bart}; {len(texts)} sentences, {args.tokens} tokens forced, "
+          f"ours: {report['model']} ({report['method']}); CTranslate2: BART {bart}; {len(texts)} sentences, "
+          f"{args.tokens} tokens forced, "
           f"{args.rounds} round(s), systems: {', '.join(systems)}, "
-          f"{', '.join('ct2_' + kind for kind in translators)}" + (", hf_bert2bert" if hf else ""), flush=True)
+          f"{', '.join('ct2_' + kind for kind in translators.kinds)}" + (", hf_bert2bert" if hf else ""), flush=True)
     report["cells"] = measure(args, systems, translators, tokenizer, hf, texts)
     print(f"\nsentences/s ({report['figure']}), {args.threads} thread(s):\n" + format_table(report["cells"]))
     return report

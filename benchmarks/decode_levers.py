@@ -10,7 +10,8 @@ Levers (each a pair of variants, the first the baseline):
 * ``mask``: the attention mask handed to SDPA as a boolean (converted to an additive mask inside every layer) vs
   additive, made once per forward (the model's way on a CPU);
 * ``int8_engine``: ``--quantize int8`` on fbgemm's kernels vs oneDNN's (torch's "onednn" quantized engine; on CPUs
-  with AMX it multiplies int8 on the tile unit, and ``--quantize int8`` picks it there: s2s_ft/model/quantize.py);
+  with AMX it multiplies int8 on the tile unit) vs the default (fbgemm, and oneDNN for calls of 32 rows or more
+  where the CPU has AMX int8: s2s_ft/model/quantize.py);
 * ``bf16``: fp32 vs bf16 autocast (native on CPUs with avx512_bf16 / AMX; another precision: reported beside fp32,
   never instead of it).
 
@@ -78,6 +79,8 @@ def variants(lever: str, fp32, special, method):
         for engine in ("fbgemm", "onednn"):
             with quantized_engine(engine):  # weights are packed for the engine they run on
                 made.append((f"int8 on {engine}", decoder(quantize_int8(copy.deepcopy(fp32))), contextlib.nullcontext))
+        # the default: fbgemm, and oneDNN for calls of ONEDNN_MIN_ROWS rows or more where the CPU has AMX int8
+        made.append(("int8, the default", decoder(quantize_int8(copy.deepcopy(fp32))), contextlib.nullcontext))
         return made
     if lever == "bf16":
         return [("fp32", decoder(fp32), contextlib.nullcontext),

@@ -148,7 +148,8 @@ def main(argv=None) -> None:
     except DataError as error:
         raise SystemExit(f"error: {error}") from None
     report = {"n": len(sources), **scores_of(outputs, sources, refs, args.coco),
-              "baselines": {name: scores_of(lines, sources, refs, args.coco) for name, lines in baselines(sources).items()}}
+              "baselines": {name: scores_of(lines, sources, refs, args.coco)
+                            for name, lines in baselines(sources).items()}}
     write_report(report, args, format_table)
 
 

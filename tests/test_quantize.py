@@ -74,11 +74,14 @@ class LayerCheck:
         assert self.handles
 
     def check(self, layer, args, out):
-        weight, bias = torch.ops.quantized.linear_unpack(layer.packed)  # the int8 weights, as the kernel has them
-        weight = weight.dequantize()
         x = args[0]
-        want = ReferenceLinear(weight, bias, layer.reduce_range)(x)
-        step, ties = input_step_and_ties(x, layer.reduce_range)
+        large = layer.large_engine is not None and x.reshape(-1, x.shape[-1]).shape[0] >= quantize.ONEDNN_MIN_ROWS
+        packed, reduce_range = (layer.packed_large, layer.large_reduce_range) if large else (layer.packed,
+                                                                                             layer.reduce_range)
+        weight, bias = torch.ops.quantized.linear_unpack(packed)  # the int8 weights, as the kernel has them
+        weight = weight.dequantize()
+        want = ReferenceLinear(weight, bias, reduce_range)(x)
+        step, ties = input_step_and_ties(x, reduce_range)
         allowed = step * F.linear(ties.float(), weight.abs())  # each tie: one step times its weight
         excess = ((out - want).abs() - allowed).max() / want.abs().max()
         self.calls, self.worst = self.calls + 1, max(self.worst, float(excess))
@@ -105,16 +108,38 @@ def test_int8_linear_matches_the_dequantised_reference(rows, engine, monkeypatch
     assert (got - exact).abs().max() > 1e-3 * exact.abs().max()  # the quantisation error is there (teeth)
 
 
-def test_the_engine_is_onednn_only_on_amx_cpus_unless_chosen(monkeypatch):
+def test_large_calls_go_to_onednn_only_on_amx_cpus_unless_an_engine_is_chosen(monkeypatch):
     monkeypatch.delenv(quantize.ENGINE_ENV, raising=False)
     has_onednn = "onednn" in torch.backends.quantized.supported_engines
     monkeypatch.setattr(quantize, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni", "amx_int8"}))
-    assert quantize.int8_engine() == ("onednn" if has_onednn else "fbgemm")
+    assert quantize.int8_engines() == ("fbgemm", "onednn" if has_onednn else None)
     monkeypatch.setattr(quantize, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_vnni"}))
-    assert quantize.int8_engine() == "fbgemm"
+    assert quantize.int8_engines() == ("fbgemm", None)
+    monkeypatch.setenv(quantize.ENGINE_ENV, "fbgemm")
+    assert quantize.int8_engines() == ("fbgemm", None)
     monkeypatch.setenv(quantize.ENGINE_ENV, "qnnpack-of-dreams")
     with pytest.raises(UsageError, match=r"S2S_FT_INT8_ENGINE=qnnpack-of-dreams: this torch has the quantized "):
-        quantize.int8_engine()
+        quantize.int8_engines()
+
+
+@pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines, reason="no oneDNN engine")
+@pytest.mark.parametrize("rows", [quantize.ONEDNN_MIN_ROWS - 1, quantize.ONEDNN_MIN_ROWS])
+def test_small_and_large_calls_both_follow_the_reference(rows, monkeypatch):
+    """On an AMX CPU a layer holds two packings; either path computes the documented arithmetic."""
+    monkeypatch.delenv(quantize.ENGINE_ENV, raising=False)
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: frozenset({"amx_int8"}))
+    torch.manual_seed(rows)
+    weight, bias, x = torch.randn(40, 32), torch.randn(40), torch.randn(rows, 32)
+    layer = Int8Linear(weight, bias).eval()
+    assert layer.large_engine == "onednn"
+    calls = []
+    real = torch.ops.quantized.linear_dynamic
+    monkeypatch.setattr(torch.ops.quantized, "linear_dynamic",
+                        lambda i, packed, r: calls.append(packed) or real(i, packed, r))
+    check = LayerCheck(layer)
+    layer(x)
+    assert calls == [layer.packed_large if rows >= quantize.ONEDNN_MIN_ROWS else layer.packed]
+    assert check.calls == 1 and check.worst < 1e-5
 
 
 def test_reference_weights_are_the_packed_weights():

@@ -9,10 +9,13 @@ multiplies in int8 with int32 accumulation and rescales to fp32, bias added. Emb
 attention (softmax(QK^T)V, the key/value cache) and the search stay fp32.
 
 The kernel is ``torch.ops.quantized.linear_dynamic`` on weights packed by ``torch.ops.quantized.linear_prepack``
-for one of torch's two x86 engines (``int8_engine``): oneDNN's where the CPU has AMX int8 tiles (``amx_int8`` in
-/proc/cpuinfo: measured 1.15x fbgemm's beam-5 decoding throughput on such a Xeon, docs/speed.md), fbgemm's
-elsewhere (x86 CPUs with AVX2 or newer); ``S2S_FT_INT8_ENGINE=fbgemm|onednn`` overrides. The engine matters when
-the weights are packed: the packed weights carry their kernel. Measured on this project's CPU (AVX-512 VNNI), one thread,
+for fbgemm (x86 CPUs with AVX2 or newer). Where the CPU has AMX int8 tiles (``amx_int8`` in /proc/cpuinfo) and
+torch has oneDNN's engine, each layer is packed for oneDNN too and a call with ``ONEDNN_MIN_ROWS`` rows or more runs
+there: measured side by side on such a Xeon (benchmarks/decode_levers.py, docs/speed.md), oneDNN decodes 1.15x
+(batch 16, beam 5: 160 rows a layer) to 1.19x (batch 64, beam 5) fbgemm's speed and 1.03x at batch 16 greedy (32
+rows), but 0.70-0.76x at batch 1 (2-10 rows). ``S2S_FT_INT8_ENGINE=fbgemm|onednn`` puts every call on one engine.
+The engine matters when the weights are packed: the packed weights carry their kernel.
+Measured on this project's (AMD) CPU (AVX-512 VNNI), one thread,
 fp32 ``F.linear`` = 1: MiniLM's 384 x 1536 layer at 10 / 160 rows (a beam-5 step at batch 1 / 16) 0.23 / 0.28
 of the time, the 384 x 30522 vocabulary projection 0.08 / 0.23. The alternatives in torch 2.13: ``torch._int_mm``
 (int8 x int8 -> int32, the input quantised in Python) took 1.2-1.9x linear_dynamic's time at the row counts of a
@@ -84,16 +87,20 @@ def cpu_flags() -> frozenset:
     return frozenset()
 
 
-def int8_engine() -> str:
-    """The quantized engine the int8 layers are packed for: ``$S2S_FT_INT8_ENGINE`` if set, else oneDNN where the
-    CPU has AMX int8 tiles and torch has the engine, else fbgemm."""
+ONEDNN_MIN_ROWS = 32  # from this many rows a call, oneDNN's AMX kernel beats fbgemm's (measured: docs/speed.md)
+
+
+def int8_engines() -> tuple[str, Optional[str]]:
+    """(the engine of small calls, the engine of calls with ``ONEDNN_MIN_ROWS`` rows or more, or None when it is the
+    same): ``$S2S_FT_INT8_ENGINE`` for both if set, else fbgemm and, where the CPU has AMX int8 tiles and torch has
+    the engine, oneDNN for the large calls."""
     supported = torch.backends.quantized.supported_engines
     chosen = os.environ.get(ENGINE_ENV, "").strip()
     if chosen:
         if chosen not in supported:
             raise UsageError(f"{ENGINE_ENV}={chosen}: this torch has the quantized engines {', '.join(supported)}")
-        return chosen
-    return "onednn" if "amx_int8" in cpu_flags() and "onednn" in supported else "fbgemm"
+        return chosen, None
+    return "fbgemm", ("onednn" if "amx_int8" in cpu_flags() and "onednn" in supported else None)
 
 
 @contextlib.contextmanager
@@ -125,7 +132,7 @@ def activation_reduce_range(engine: Optional[str] = None) -> bool:
     weight = torch.full((8, 64), 1.0)
     inputs = torch.full((4, 64), 1.0)
     inputs[:, 0] = -0.01  # a zero point of ~1: every other input quantises to ~255
-    engine = engine or int8_engine()
+    engine = engine or int8_engines()[0]
     try:
         packed = _pack(weight, None, engine)
         for reduce_range in (False, True):
@@ -145,19 +152,26 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.engine = int8_engine()
+        self.engine, self.large_engine = int8_engines()
         self.packed = _pack(weight, bias, self.engine)
         self.reduce_range = activation_reduce_range(self.engine)
+        if self.large_engine is not None:
+            self.packed_large = _pack(weight, bias, self.large_engine)
+            self.large_reduce_range = activation_reduce_range(self.large_engine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             raise RuntimeError("Int8Linear is for decoding only; training is never quantised")
         rows = x.float().reshape(-1, self.in_features)  # the kernel takes a 2-D input
-        out = torch.ops.quantized.linear_dynamic(rows, self.packed, self.reduce_range)
+        if self.large_engine is not None and rows.shape[0] >= ONEDNN_MIN_ROWS:
+            out = torch.ops.quantized.linear_dynamic(rows, self.packed_large, self.large_reduce_range)
+        else:
+            out = torch.ops.quantized.linear_dynamic(rows, self.packed, self.reduce_range)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, engine={self.engine}, "
+        large = f", {self.large_engine} from {ONEDNN_MIN_ROWS} rows" if self.large_engine else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, engine={self.engine}{large}, "
                 f"reduce_range={self.reduce_range}")
 
 
