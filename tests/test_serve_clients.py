@@ -15,7 +15,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import ROOT, free_port, random_weights_checkpoint
+from conftest import ROOT, free_port, make_answer_checkpoint, random_weights_checkpoint
 
 from s2s_ft.cli import decode
 
@@ -34,9 +34,23 @@ def checkpoint_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(checkpoint_dir):
     """``s2s-ft-serve`` in a process of its own; yields its base URL."""
+    yield from serving(checkpoint_dir)
+
+
+@pytest.fixture(scope="module")
+def answer_checkpoint_dir(tmp_path_factory):
+    return make_answer_checkpoint(tmp_path_factory.mktemp("answers"), "span+segment", "pseudo_masked", True)
+
+
+@pytest.fixture(scope="module")
+def answer_server(answer_checkpoint_dir):
+    yield from serving(answer_checkpoint_dir)
+
+
+def serving(checkpoint):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "s2s_ft.cli.serve", "--model_path", checkpoint_dir, "--port",
+    process = subprocess.Popen([sys.executable, "-m", "s2s_ft.cli.serve", "--model_path", checkpoint, "--port",
                                 str(port), "--served_model_name", "tiny", "--detokenize", "spaced",
                                 "--max_target_tokens", "40", "--test_hooks"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -56,10 +70,11 @@ def server(checkpoint_dir):
     process.wait(30)
 
 
-def decoded(checkpoint_dir, tmp_path, *flags, sources=SOURCES) -> list[str]:
-    """s2s-ft-decode's outputs for ``sources`` with ``flags``."""
+def decoded(checkpoint_dir, tmp_path, *flags, sources=SOURCES, answers=None) -> list[str]:
+    """s2s-ft-decode's outputs for ``sources`` (with ``answers``) with ``flags``."""
     source_file, output = tmp_path / "in.jsonl", tmp_path / "out.txt"
-    source_file.write_text("".join(json.dumps({"src": s}) + "\n" for s in sources))
+    rows = [{"src": s} if answers is None else {"src": s, "answer": a} for s, a in zip(sources, answers or sources)]
+    source_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert decode.main(["--model_path", checkpoint_dir, "--input_file", str(source_file), "--output_file",
                         str(output), "--detokenize", "spaced", *flags]) == 0
     return output.read_text().splitlines()
@@ -189,9 +204,37 @@ def test_the_page_streams_in_a_real_browser(server, checkpoint_dir, tmp_path):
             page.click("#go")
             page.wait_for_function("document.getElementById('status').textContent.includes('tokens in')")
             assert page.text_content("#output") == beam[0]
+            page.select_option("#mode", "sample")
+            page.click("#go")
+            page.wait_for_function("document.getElementById('status').textContent.includes('tokens in')")
+            assert page.text_content("#output").strip() and page.text_content("#error") == ""
             page.fill("#max-tokens", "0")  # refused by the server: shown on the page
             page.click("#go")
             page.wait_for_function("document.getElementById('error').textContent.length > 0")
             assert "max_new_tokens" in page.text_content("#error")
+        finally:
+            browser.close()
+
+
+def test_the_page_takes_an_answer_in_a_real_browser(answer_server, answer_checkpoint_dir, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    sentence, answers = "the cat sat on the mat", ["the mat", "cat"]
+    want = decoded(answer_checkpoint_dir, tmp_path, "--max_tgt_length", "6", sources=[sentence] * 2, answers=answers)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto(answer_server + "/")
+            page.wait_for_function("!document.getElementById('answer-box').classList.contains('hidden')")
+            page.fill("#source", sentence)
+            page.fill("#max-tokens", "6")
+            assert want[0] != want[1]  # the answer changes the question: the page must pass it on
+            for answer, text in zip(answers, want):
+                page.fill("#answer", answer)
+                page.click("#go")
+                page.wait_for_function("t => document.getElementById('output').textContent === t", arg=text)
+                page.wait_for_function("document.getElementById('status').textContent.includes('tokens in')")
+                assert page.text_content("#output") == text
         finally:
             browser.close()
