@@ -334,7 +334,7 @@ def load_translators(ctranslate2, args, model_config, tokenizer, cpu, work_dir, 
     return ct2, shape
 
 
-def measure(args, systems, translators, tokenizer, hf, texts) -> list[dict]:
+def measure(args, systems, ct2, tokenizer, hf, texts) -> list[dict]:
     """Every (batch, beam) cell, the systems taking turns batch by batch."""
     ids = source_ids(tokenizer, texts, args.max_source)
     cells = []
@@ -344,7 +344,7 @@ def measure(args, systems, translators, tokenizer, hf, texts) -> list[dict]:
         encoded = [tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
                              max_length=args.max_source) for i in starts]
         for beam in args.beams:
-            runners = cell_runners(systems, translators, hf if batch_size in args.hf_batch_sizes else None,
+            runners = cell_runners(systems, ct2, hf if batch_size in args.hf_batch_sizes else None,
                                    tokenizer, args.tokens, beam)
             measured = median_round_speeds(runners, batches, encoded, args.rounds)
             speeds = {name: value["sentences_per_s"] for name, value in measured.items()}
@@ -366,18 +366,18 @@ def main():
     systems, tokenizer, hf = load_systems(args, cpu)
     texts = read_sources(args.data, args.sentences, distinct=True)
     with tempfile.TemporaryDirectory() as scratch:
-        translators, bart = load_translators(ctranslate2, args, systems["ours_fp32"].model.config, tokenizer, cpu,
+        ct2, bart = load_translators(ctranslate2, args, systems["ours_fp32"].model.config, tokenizer, cpu,
                                              args.work_dir or scratch, source_ids(tokenizer, texts[:1], 34)[0])
         try:
-            report = run_report(args, ctranslate2, cpu, systems, translators, bart, tokenizer, hf, texts)
+            report = run_report(args, ctranslate2, cpu, systems, ct2, bart, tokenizer, hf, texts)
         finally:
-            translators.close()
+            ct2.close()
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2)
 
 
-def run_report(args, ctranslate2, cpu, systems, translators, bart, tokenizer, hf, texts) -> dict:
+def run_report(args, ctranslate2, cpu, systems, ct2, bart, tokenizer, hf, texts) -> dict:
     """Prints the CPU, the versions and the systems, measures every cell, prints the table; returns the report."""
     import transformers
     report = {"command": " ".join(sys.argv), "cpu": cpu, "threads": args.threads,
@@ -394,8 +394,8 @@ def run_report(args, ctranslate2, cpu, systems, translators, bart, tokenizer, hf
           f"ours: {report['model']} ({report['method']}); CTranslate2: BART {bart}; {len(texts)} sentences, "
           f"{args.tokens} tokens forced, "
           f"{args.rounds} round(s), systems: {', '.join(systems)}, "
-          f"{', '.join('ct2_' + kind for kind in translators.kinds)}" + (", hf_bert2bert" if hf else ""), flush=True)
-    report["cells"] = measure(args, systems, translators, tokenizer, hf, texts)
+          f"{', '.join('ct2_' + kind for kind in ct2.kinds)}" + (", hf_bert2bert" if hf else ""), flush=True)
+    report["cells"] = measure(args, systems, ct2, tokenizer, hf, texts)
     print(f"\nsentences/s ({report['figure']}), {args.threads} thread(s):\n" + format_table(report["cells"]))
     return report
 

@@ -62,7 +62,7 @@ def quantized_engine(name: str):
 
 
 def variants(lever: str, fp32, special, method):
-    """(name, decoder, context) pairs of one lever, the baseline first."""
+    """(name, decoder) pairs of one lever, the baseline first."""
     import torch
 
     from s2s_ft.decoding.search import Seq2SeqDecoder
@@ -72,19 +72,18 @@ def variants(lever: str, fp32, special, method):
         return Seq2SeqDecoder(model, special, method, "cpu", dtype)
 
     if lever == "mask":
-        return [("mask: boolean in every layer", decoder(boolean_mask(copy.deepcopy(fp32))), contextlib.nullcontext),
-                ("mask: additive once", decoder(fp32), contextlib.nullcontext)]
+        return [("mask: boolean in every layer", decoder(boolean_mask(copy.deepcopy(fp32)))),
+                ("mask: additive once", decoder(fp32))]
     if lever == "int8_engine":
         made = []
         for engine in ("fbgemm", "onednn"):
             with quantized_engine(engine):  # weights are packed for the engine they run on
-                made.append((f"int8 on {engine}", decoder(quantize_int8(copy.deepcopy(fp32))), contextlib.nullcontext))
+                made.append((f"int8 on {engine}", decoder(quantize_int8(copy.deepcopy(fp32)))))
         # the default: fbgemm, and oneDNN for calls of ONEDNN_MIN_ROWS rows or more where the CPU has AMX int8
-        made.append(("int8, the default", decoder(quantize_int8(copy.deepcopy(fp32))), contextlib.nullcontext))
+        made.append(("int8, the default", decoder(quantize_int8(copy.deepcopy(fp32)))))
         return made
     if lever == "bf16":
-        return [("fp32", decoder(fp32), contextlib.nullcontext),
-                ("bf16 autocast", decoder(fp32, torch.bfloat16), contextlib.nullcontext)]
+        return [("fp32", decoder(fp32)), ("bf16 autocast", decoder(fp32, torch.bfloat16))]
     raise SystemExit(f"unknown lever {lever!r}")
 
 
@@ -115,14 +114,13 @@ def main(argv=None) -> None:
     for lever in args.levers.split(","):
         pairs = variants(lever, fp32.model, special, method)
 
-        def runner(decoder, context):
+        def runner(decoder):
             def run(batch, _encoded):
-                with context():
-                    for hyps in decoder.generate(batch, config):
-                        assert len(hyps[0].tokens) == args.tokens
+                for hyps in decoder.generate(batch, config):
+                    assert len(hyps[0].tokens) == args.tokens
             return run
 
-        runners = {name: runner(decoder, context) for name, decoder, context in pairs}
+        runners = {name: runner(decoder) for name, decoder in pairs}
         seconds = timed_turns(runners, batches, [{}] * len(batches), args.rounds, torch.device("cpu"))
         speeds = {name: args.rounds * len(sources) / sum(spent) for name, spent in seconds.items()}
         base = next(iter(speeds.values()))

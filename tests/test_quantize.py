@@ -75,9 +75,7 @@ class LayerCheck:
 
     def check(self, layer, args, out):
         x = args[0]
-        large = layer.large_engine is not None and x.reshape(-1, x.shape[-1]).shape[0] >= quantize.ONEDNN_MIN_ROWS
-        packed, reduce_range = (layer.packed_large, layer.large_reduce_range) if large else (layer.packed,
-                                                                                             layer.reduce_range)
+        packed, reduce_range = layer.kernel_for(x.reshape(-1, x.shape[-1]).shape[0])  # the call's own packing
         weight, bias = torch.ops.quantized.linear_unpack(packed)  # the int8 weights, as the kernel has them
         weight = weight.dequantize()
         want = ReferenceLinear(weight, bias, reduce_range)(x)

@@ -75,8 +75,9 @@ def check_quantize(quantize: str, device, precision: str = "fp32") -> None:
 ENGINE_ENV = "S2S_FT_INT8_ENGINE"
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_flags() -> frozenset:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none); read once, not once per layer."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
@@ -159,14 +160,17 @@ class Int8Linear(nn.Module):
             self.packed_large = _pack(weight, bias, self.large_engine)
             self.large_reduce_range = activation_reduce_range(self.large_engine)
 
+    def kernel_for(self, rows: int):
+        """(packed weights, reduce_range) of a call with ``rows`` input rows."""
+        if self.large_engine is not None and rows >= ONEDNN_MIN_ROWS:
+            return self.packed_large, self.large_reduce_range
+        return self.packed, self.reduce_range
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             raise RuntimeError("Int8Linear is for decoding only; training is never quantised")
         rows = x.float().reshape(-1, self.in_features)  # the kernel takes a 2-D input
-        if self.large_engine is not None and rows.shape[0] >= ONEDNN_MIN_ROWS:
-            out = torch.ops.quantized.linear_dynamic(rows, self.packed_large, self.large_reduce_range)
-        else:
-            out = torch.ops.quantized.linear_dynamic(rows, self.packed, self.reduce_range)
+        out = torch.ops.quantized.linear_dynamic(rows, *self.kernel_for(rows.shape[0]))
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
