@@ -35,11 +35,20 @@ def test_attention_with_dropout_matches_the_written_out_rule(mask_kind):
     torch.testing.assert_close(got.double(), reference_attention(q, k, v, mask, 0.3, seed=11), rtol=1e-5, atol=1e-6)
 
 
-def test_attention_without_dropout_is_sdpa():
+def test_attention_without_dropout_equals_sdpa_in_values_and_gradients():
+    """A CPU training step (gradients on) takes the unfused path, decoding (no_grad) SDPA's: same values, and the
+    unfused path's gradients equal SDPA's."""
     g = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(2, 3, 5, 4, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=g, requires_grad=True) for _ in range(3))
     mask = (torch.rand(2, 1, 5, 5, generator=g) > 0.3) | torch.eye(5, dtype=torch.bool)
-    torch.testing.assert_close(attention(q, k, v, mask, 0.0), F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    got = attention(q, k, v, mask, 0.0)
+    torch.testing.assert_close(got.double(), reference_attention(q, k, v, mask, 0.0, seed=0), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(attention(q, k, v, mask, 0.0), expected.detach())
+    upstream = torch.randn(got.shape, generator=g)
+    for a, b in zip(torch.autograd.grad(got, (q, k, v), upstream), torch.autograd.grad(expected, (q, k, v), upstream)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_dropout_is_unbiased_and_has_gradients():
