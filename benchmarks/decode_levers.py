@@ -12,6 +12,8 @@ Levers (each a pair of variants, the first the baseline):
 * ``int8_engine``: ``--quantize int8`` on fbgemm's kernels vs oneDNN's (torch's "onednn" quantized engine; on CPUs
   with AMX it multiplies int8 on the tile unit) vs the default (fbgemm, and oneDNN for calls of 32 rows or more
   where the CPU has AMX int8: s2s_ft/model/quantize.py);
+* ``attention``: SDPA's fused kernel (the model's way when decoding) vs the same attention unfused (the way a CPU
+  training step computes it, faster there: benchmarks/train_attention_speed.py);
 * ``bf16``: fp32 vs bf16 autocast (native on CPUs with avx512_bf16 / AMX; another precision: reported beside fp32,
   never instead of it).
 
@@ -43,6 +45,22 @@ def boolean_mask(model):
 
     model._attention_mask = as_boolean
     return model
+
+
+class UnfusedAttention:
+    """A decoder whose model computes attention unfused (``transformer.unfused_attention``) during its calls."""
+
+    def __init__(self, decoder):
+        self.decoder = decoder
+
+    def generate(self, *args, **kwargs):
+        from s2s_ft.model import transformer
+
+        fused, transformer.attention = transformer.attention, transformer.unfused_attention
+        try:
+            return list(self.decoder.generate(*args, **kwargs))
+        finally:
+            transformer.attention = fused
 
 
 @contextlib.contextmanager
@@ -84,6 +102,10 @@ def variants(lever: str, fp32, special, method):
         return made
     if lever == "bf16":
         return [("fp32", decoder(fp32)), ("bf16 autocast", decoder(fp32, torch.bfloat16))]
+    if lever == "attention":
+        return [("attention: SDPA", decoder(fp32)), ("attention: unfused", UnfusedAttention(decoder(fp32))),
+                ("bf16, attention: SDPA", decoder(fp32, torch.bfloat16)),
+                ("bf16, attention: unfused", UnfusedAttention(decoder(fp32, torch.bfloat16)))]
     raise SystemExit(f"unknown lever {lever!r}")
 
 
