@@ -23,32 +23,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ctranslate2_speed import cpu_summary  # noqa: E402  (the CPU's model name and flags, one place)
+from train_profile import recipe_args  # noqa: E402  (the recipe's training flags, one place)
+
+# the answer-aware recipe's additions to the SQuAD-QG recipe's flags (experiments/squad_qg_answer_recipe.sh)
+ANSWER_RECIPE = ["--answer_encoding", "span+segment", "--num_training_steps", "3600"]
 
 
-def recipe_args(train_file: str, output_dir: str):
-    from s2s_ft.cli.train import build_parser, resolve_args
-    from s2s_ft.model.minilm import minilm_dir
-
-    bf16 = cpu_summary()["bf16_native"]
-    flags = ["--model_type", "bert", "--model_name_or_path", minilm_dir(), "--fresh_head_init", "identity",
-             "--train_file", train_file, "--output_dir", output_dir, "--fine_tune", "pseudo_masked",
-             "--answer_encoding", "span+segment", "--copy_mechanism",
-             "--max_source_seq_length", "96", "--max_target_seq_length", "32", "--max_tokens_per_batch", "2400",
-             "--learning_rate", "5e-4", "--num_warmup_steps", "200", "--num_training_steps", "3600",
-             "--precision", "bf16" if bf16 else "fp32", "--seed", "1", "--save_steps", "100000",
-             "--log_level", "warning"]
-    return resolve_args(build_parser().parse_args(flags))
-
-
-def fused_when_no_dropout(q, k, v, mask, dropout_p):
-    """The path a CPU training step took before: SDPA whenever there is no dropout."""
+def fused_when_no_dropout(unfused):
+    """The path a CPU training step took before: SDPA whenever there is no dropout, else ``unfused``."""
     import torch.nn.functional as F
 
-    from s2s_ft.model.transformer import unfused_attention
-
-    if dropout_p == 0:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return unfused_attention(q, k, v, mask, dropout_p)
+    def attention(q, k, v, mask, dropout_p):
+        if dropout_p == 0:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return unfused(q, k, v, mask, dropout_p)
+    return attention
 
 
 def main(argv=None) -> None:
@@ -65,9 +54,11 @@ def main(argv=None) -> None:
     parser.add_argument("--dropout", choices=["off", "on", "both"], default="both")
     args = parser.parse_args(argv)
     unfused = transformer.attention
-    paths = {"fused (SDPA)": fused_when_no_dropout, "unfused (the model's)": unfused}
+    paths = {"fused (SDPA)": fused_when_no_dropout(transformer.unfused_attention), "unfused (the model's)": unfused}
+    cpu = cpu_summary()["model_name"]
     with tempfile.TemporaryDirectory() as work:
-        run = loop.start_run(recipe_args(args.train_file, os.path.join(work, "out")), init_world(False))
+        config = recipe_args(args.train_file, os.path.join(work, "out"), True, ANSWER_RECIPE)
+        run = loop.start_run(config, init_world(False))
 
         def block(path) -> float:
             transformer.attention = path  # SelfAttention looks the function up in the module at each call
@@ -90,7 +81,7 @@ def main(argv=None) -> None:
                 fused_s, unfused_s = mean.values()
                 print(json.dumps({"dropout": setting, "s_per_step": {n: round(s, 3) for n, s in mean.items()},
                                   "unfused_speedup": round(fused_s / unfused_s, 2), "steps": args.steps * args.rounds,
-                                  "cpu": cpu_summary()["model_name"], "threads": torch.get_num_threads(),
+                                  "cpu": cpu, "threads": torch.get_num_threads(),
                                   "torch": torch.__version__}), flush=True)
         finally:
             transformer.attention = unfused

@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def recipe_args(train_file: str, output_dir: str, copy: bool):
+def recipe_args(train_file: str, output_dir: str, copy: bool, extra=()):
+    """The SQuAD-QG recipe's training flags, resolved; ``extra`` flags come last, so they override."""
     from s2s_ft.cli.train import build_parser, resolve_args
     from s2s_ft.model.minilm import minilm_dir
 
@@ -28,7 +29,7 @@ def recipe_args(train_file: str, output_dir: str, copy: bool):
              "--max_source_seq_length", "96", "--max_target_seq_length", "32", "--max_tokens_per_batch", "2400",
              "--learning_rate", "5e-4", "--num_warmup_steps", "200", "--num_training_steps", "2800",
              "--precision", "bf16" if bf16 else "fp32", "--seed", "1", "--save_steps", "100000",
-             "--log_level", "warning"] + (["--copy_mechanism"] if copy else [])
+             "--log_level", "warning"] + (["--copy_mechanism"] if copy else []) + list(extra)
     return resolve_args(build_parser().parse_args(flags))
 
 

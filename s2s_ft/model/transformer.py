@@ -195,22 +195,19 @@ def attention(q, k, v, mask: Optional[torch.Tensor], dropout_p: float) -> torch.
     (gradients on) computes the same attention unfused instead: SDPA's fused CPU kernel takes no dropout (its fallback
     samples slow Bernoulli masks), and even without dropout its masked forward + backward made a bf16 recipe step 1.45x
     slower than this (1.107 against 0.764 s, 2-core AMX Xeon; benchmarks/train_attention_speed.py). Decoding stays
-    on SDPA: unfused, it decoded at 0.97x. ``mask``: boolean
-    (True = may attend) or additive, as SDPA takes it."""
+    on SDPA: unfused, it decoded at 0.97x. ``mask``: boolean (True = may attend) or additive, as SDPA takes it."""
     if q.device.type != "cpu" or not torch.is_grad_enabled():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     return unfused_attention(q, k, v, mask, dropout_p)
 
 
 def unfused_attention(q, k, v, mask: Optional[torch.Tensor], dropout_p: float) -> torch.Tensor:
-    """Softmax attention written out (the faster dropout draw on CPU)."""
+    """Softmax attention written out, dropout with the faster draw."""
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     probs = torch.softmax(scores, -1)
-    if dropout_p > 0:
-        probs = _dropout_cpu(probs, dropout_p) if probs.device.type == "cpu" else F.dropout(probs, dropout_p)
-    return probs @ v
+    return (_dropout_cpu(probs, dropout_p) if dropout_p > 0 else probs) @ v
 
 
 class SelfAttention(nn.Module):
